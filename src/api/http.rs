@@ -1,0 +1,178 @@
+//! `POST /graphql`, GraphiQL and `/health`.
+//!
+//! Errors leave in AppSync's shape: `{"errors":[{"errorType": …, "message": …}]}`. Request-level
+//! failures (no or wrong API key, malformed JSON, body too large, batch too big) get an HTTP
+//! status; everything GraphQL answers is 200.
+
+use async_graphql::{BatchRequest, Request};
+use axum::body::{Body, to_bytes};
+use axum::extract::{FromRequestParts, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::ApiState;
+use crate::schema::errors::kind;
+
+/// An error response in AppSync's shape.
+fn reject(status: StatusCode, error_type: &str, message: &str) -> Response {
+    let body = json!({ "errors": [{ "errorType": error_type, "message": message }] });
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+pub fn unauthorized() -> Response {
+    reject(
+        StatusCode::UNAUTHORIZED,
+        "UnauthorizedException",
+        "You are not authorized to make this call.",
+    )
+}
+
+pub async fn graphql_post(State(app): State<ApiState>, headers: HeaderMap, body: Body) -> Response {
+    let Some(principal) = app.auth.from_headers(&headers) else {
+        return unauthorized();
+    };
+    let Ok(bytes) = to_bytes(body, app.limits.max_body_bytes).await else {
+        return reject(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PayloadTooLargeException",
+            &format!(
+                "the request body exceeds {} bytes",
+                app.limits.max_body_bytes
+            ),
+        );
+    };
+    let batch: BatchRequest = match serde_json::from_slice(&bytes) {
+        Ok(batch) => batch,
+        Err(e) => {
+            return reject(
+                StatusCode::BAD_REQUEST,
+                "MalformedHttpRequestException",
+                &format!(
+                    "the body is not a GraphQL request: {}",
+                    first_line(&e.to_string())
+                ),
+            );
+        }
+    };
+    let requests: Vec<Request> = match batch {
+        BatchRequest::Single(r) => vec![r],
+        BatchRequest::Batch(rs) if rs.is_empty() => {
+            return reject(
+                StatusCode::BAD_REQUEST,
+                "BadRequestException",
+                "an empty batch has nothing to run",
+            );
+        }
+        BatchRequest::Batch(rs) if rs.len() > app.limits.max_batch => {
+            return reject(
+                StatusCode::BAD_REQUEST,
+                "BadRequestException",
+                &format!("a batch holds at most {} operations", app.limits.max_batch),
+            );
+        }
+        BatchRequest::Batch(rs) => rs,
+    };
+    let single = requests.len() == 1 && !bytes.trim_ascii_start().starts_with(b"[");
+    let mut out = Vec::with_capacity(requests.len());
+    for request in requests {
+        let response = app.schema.execute(request.data(principal.clone())).await;
+        out.push(appsync_shape(
+            serde_json::to_value(&response).unwrap_or(Value::Null),
+        ));
+    }
+    let body = if single {
+        out.pop().unwrap_or(Value::Null)
+    } else {
+        Value::Array(out)
+    };
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
+}
+
+/// Moves `extensions.errorType` (and `errorInfo`) to the top level of each error, where AppSync
+/// puts them; errors raised before execution (parse, validation, limits) are `ValidationError`.
+pub fn appsync_shape(mut response: Value) -> Value {
+    if let Some(errors) = response.get_mut("errors").and_then(Value::as_array_mut) {
+        for error in errors {
+            let Some(obj) = error.as_object_mut() else {
+                continue;
+            };
+            let ext = obj.get_mut("extensions").and_then(Value::as_object_mut);
+            let (error_type, info) = match ext {
+                Some(ext) => (ext.remove("errorType"), ext.remove("errorInfo")),
+                None => (None, None),
+            };
+            if obj
+                .get("extensions")
+                .and_then(Value::as_object)
+                .is_some_and(|e| e.is_empty())
+            {
+                obj.remove("extensions");
+            }
+            let error_type =
+                error_type.or_else(|| (!obj.contains_key("path")).then(|| json!(kind::VALIDATION)));
+            if let Some(t) = error_type {
+                obj.insert("errorType".into(), t);
+            }
+            if let Some(info) = info {
+                obj.insert("errorInfo".into(), info);
+            }
+        }
+    }
+    response
+}
+
+/// `GET /graphql`: a WebSocket upgrade for subscriptions, GraphiQL otherwise.
+pub async fn graphql_get(State(app): State<ApiState>, request: axum::extract::Request) -> Response {
+    let (mut parts, _body) = request.into_parts();
+    match WebSocketUpgrade::from_request_parts(&mut parts, &app).await {
+        Ok(upgrade) => super::ws::upgrade(app, &mut parts, upgrade).await,
+        Err(_) if parts.headers.contains_key(header::UPGRADE) => reject(
+            StatusCode::BAD_REQUEST,
+            "BadRequestException",
+            "invalid WebSocket upgrade request",
+        ),
+        Err(_) => graphiql().await.into_response(),
+    }
+}
+
+pub async fn graphiql() -> Html<&'static str> {
+    Html(include_str!("graphiql.html"))
+}
+
+pub async fn health(State(app): State<ApiState>) -> Response {
+    let (delivered, dropped) = app.hub.stats();
+    let store_ok = app.store.ping().await.is_ok();
+    let body = json!({
+        "status": if store_ok { "ok" } else { "degraded" },
+        "store": if store_ok { "ok" } else { "unreachable" },
+        "subscribers": app.hub.subscriber_count(),
+        "delivered": delivered,
+        "droppedSlowSubscribers": dropped,
+        "executor": app.stats.to_json(),
+    });
+    let status = if store_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}

@@ -1,0 +1,51 @@
+//! HTTP and WebSocket transport.
+//!
+//! * `POST /graphql`: queries and mutations (single or batched), API key in `x-api-key`.
+//! * `GET /graphql` with a WebSocket upgrade: subscriptions over `graphql-transport-ws` and the
+//!   legacy `subscriptions-transport-ws` (`graphql-ws`); without an upgrade: GraphiQL.
+//! * `GET /health`: liveness plus executor and hub counters.
+
+mod auth;
+mod http;
+mod ws;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::get;
+
+pub use auth::{API_KEY_HEADER, Authenticator, generate_key};
+
+use crate::hub::Hub;
+use crate::pipeline::Stats;
+use crate::ports::Store;
+
+/// Transport limits (the GraphQL ones live in the schema).
+#[derive(Debug, Clone)]
+pub struct TransportLimits {
+    pub max_body_bytes: usize,
+    pub max_batch: usize,
+    pub max_subscriptions_per_connection: usize,
+    pub connection_init_timeout_ms: u64,
+    pub ws_read_buffer: usize,
+}
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub schema: async_graphql::dynamic::Schema,
+    pub auth: Arc<Authenticator>,
+    pub store: Arc<dyn Store>,
+    pub hub: Arc<Hub>,
+    pub stats: Arc<Stats>,
+    pub limits: Arc<TransportLimits>,
+    /// Cancelled at shutdown: open WebSockets close.
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/graphql", get(http::graphql_get).post(http::graphql_post))
+        .route("/", get(http::graphiql))
+        .route("/health", get(http::health))
+        .with_state(state)
+}

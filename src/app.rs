@@ -1,0 +1,239 @@
+//! The composition root: the only place that names concrete stores, queues and publishers.
+//! `Application::build` wires everything and binds its listener (port 0 works), so tests run
+//! the real application exactly as `main` does.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{self, ApiState, Authenticator, TransportLimits};
+use crate::bus::EventBus;
+use crate::config::Config;
+use crate::domain::Principal;
+use crate::hub::Hub;
+use crate::pipeline::command_api::CommandApi;
+use crate::pipeline::{ExecutorConfig, Pipeline, Registry, RetryPolicy, Stats};
+use crate::ports::Store;
+use crate::schema::{self, Limits, SchemaDoc, Services};
+use crate::store::SqliteStore;
+
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+    /// Cancelled to shut down: the HTTP server drains, the executor stops claiming.
+    shutdown: CancellationToken,
+    /// The listener, sweeper and emitter loops.
+    tasks: TaskTracker,
+    /// Attempts in flight; shutdown waits for them up to the grace period.
+    attempts: TaskTracker,
+    grace: Duration,
+    pipeline: Pipeline,
+    store: Arc<dyn Store>,
+    bus: EventBus,
+    hub: Arc<Hub>,
+    /// The generated embedded-mode key, when no key was configured.
+    generated_key: Option<String>,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let sdl = match &config.schema {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?,
+            None => schema::DEFAULT_SDL.to_owned(),
+        };
+        let doc = Arc::new(SchemaDoc::parse(&sdl)?);
+        let registry = Arc::new(Registry::new(crate::commands::all()));
+        doc.check_handlers(registry.command_types())?;
+
+        let hub = Hub::new(
+            doc.routes().clone(),
+            config.subscription_buffer,
+            config.max_message_bytes,
+        );
+        let store: Arc<dyn Store> = Arc::new(open_store(&config, hub.clone()).await?);
+
+        let mut keys = Authenticator::parse_keys(config.api_keys.expose(), false, "key-");
+        keys.extend(Authenticator::parse_keys(
+            config.admin_api_keys.expose(),
+            true,
+            "admin-",
+        ));
+        let mut generated_key = None;
+        let auth = if config.open_access {
+            Authenticator::open()
+        } else {
+            if keys.is_empty() {
+                let key = store.embedded_api_key(&api::generate_key).await?;
+                keys.push((
+                    key.clone(),
+                    Principal {
+                        id: "embedded".into(),
+                        admin: true,
+                    },
+                ));
+                generated_key = Some(key);
+            }
+            Authenticator::with_keys(keys)
+        };
+
+        let wake = Arc::new(Notify::new());
+        let commands = CommandApi::new(
+            store.clone(),
+            registry.clone(),
+            wake.clone(),
+            config.max_payload_bytes,
+            config.fault_injection,
+        );
+        let schema = schema::build(Services {
+            store: store.clone(),
+            hub: hub.clone(),
+            commands,
+            doc,
+            limits: Limits {
+                max_depth: config.max_depth,
+                max_complexity: config.max_complexity,
+                max_page: config.max_page,
+            },
+        })?;
+
+        let bus = EventBus::new(4096);
+        let pipeline = Pipeline::new(
+            store.clone(),
+            Arc::new(bus.clone()),
+            registry,
+            ExecutorConfig {
+                workers: config.workers,
+                lease_ms: config.lease_ms,
+                heartbeat_ms: config.heartbeat_ms,
+                sweep_ms: config.sweep_ms,
+                poll_ms: config.poll_ms,
+                retry: RetryPolicy {
+                    max_attempts: config.max_attempts.max(1),
+                    base: Duration::from_millis(config.retry_base_ms),
+                    factor: config.retry_factor.max(1),
+                    ..RetryPolicy::default()
+                },
+                fault_injection: config.fault_injection,
+                idempotency_retention_ms: config.idempotency_hours * 3_600_000,
+            },
+            wake,
+        );
+        let shutdown = CancellationToken::new();
+        let (tasks, attempts) = (TaskTracker::new(), TaskTracker::new());
+        pipeline.spawn(&shutdown, &tasks, &attempts);
+
+        let router = api::router(ApiState {
+            schema,
+            auth: Arc::new(auth),
+            store: store.clone(),
+            hub: hub.clone(),
+            stats: pipeline.stats().clone(),
+            limits: Arc::new(TransportLimits {
+                max_body_bytes: config.max_body_bytes,
+                max_batch: config.max_batch,
+                max_subscriptions_per_connection: config.max_subscriptions_per_connection,
+                connection_init_timeout_ms: config.connection_init_timeout_ms,
+                ws_read_buffer: config.ws_read_buffer,
+            }),
+            shutdown: shutdown.clone(),
+        });
+        let listener = TcpListener::bind(config.addr)
+            .await
+            .with_context(|| format!("binding {}", config.addr))?;
+        Ok(Self {
+            listener,
+            router,
+            shutdown,
+            tasks,
+            attempts,
+            grace: Duration::from_millis(config.shutdown_grace_ms),
+            pipeline,
+            store,
+            bus,
+            hub,
+            generated_key,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    /// Cancel it to shut the application down gracefully.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    pub fn generated_key(&self) -> Option<&str> {
+        self.generated_key.as_deref()
+    }
+
+    pub fn event_bus(&self) -> &EventBus {
+        &self.bus
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        self.pipeline.stats()
+    }
+
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
+    /// Serves until the shutdown token is cancelled, then drains: HTTP first, then attempts in
+    /// flight (up to the grace period; what is left is taken back by lease expiry later).
+    pub async fn run(self) -> anyhow::Result<()> {
+        let shutdown = self.shutdown.clone();
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await?;
+        self.shutdown.cancel();
+        self.attempts.close();
+        if tokio::time::timeout(self.grace, self.attempts.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "attempts still running after the grace period; their leases will expire"
+            );
+        }
+        self.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.tasks.wait()).await;
+        tracing::info!("tether stopped");
+        Ok(())
+    }
+}
+
+async fn open_store(config: &Config, hub: Arc<Hub>) -> anyhow::Result<SqliteStore> {
+    let url = config.database_url.as_str();
+    if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        anyhow::bail!(
+            "PostgreSQL is not supported by this build yet; use a sqlite:// DATABASE_URL"
+        );
+    }
+    if !url.starts_with("sqlite:") {
+        anyhow::bail!("DATABASE_URL must start with sqlite:// (got an unsupported scheme)");
+    }
+    Ok(SqliteStore::open(url, hub, config.accept_queue).await?)
+}

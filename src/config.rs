@@ -1,0 +1,201 @@
+//! One typed configuration, from flags and environment variables (flags win). Every limit of
+//! DESIGN §8 is here with its default.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tether",
+    version,
+    about = "Asynchronous commands behind an AppSync-compatible GraphQL API"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// `tether` alone is `tether serve`.
+    #[command(flatten)]
+    pub serve: Config,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the GraphQL API and run the executor (the default).
+    Serve(Config),
+    /// Apply database migrations and exit.
+    Migrate(Config),
+}
+
+/// A secret from the configuration: never printed by `Debug`.
+#[derive(Clone, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "TETHER_ADDR", default_value = "127.0.0.1:4000")]
+    pub addr: SocketAddr,
+
+    /// Where tether keeps its state. The default is a SQLite file in the working directory.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://tether.db")]
+    pub database_url: String,
+
+    /// Schema file to serve instead of the built-in copy of `schema.graphql`.
+    #[arg(long, env = "TETHER_SCHEMA")]
+    pub schema: Option<PathBuf>,
+
+    /// API keys, comma-separated, each `principal:secret` (or just `secret`). Callers send
+    /// one in `x-api-key`; the principal owns the traces it submits.
+    #[arg(
+        long,
+        env = "TETHER_API_KEYS",
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub api_keys: Secret,
+
+    /// Admin API keys (same format): may read every trace and publish trace events.
+    #[arg(
+        long,
+        env = "TETHER_ADMIN_API_KEYS",
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub admin_api_keys: Secret,
+
+    /// Serve without authentication (every caller is the principal `anonymous`). Only when
+    /// asked for explicitly; without keys, tether generates one instead.
+    #[arg(long, env = "TETHER_OPEN_ACCESS")]
+    pub open_access: bool,
+
+    /// Honour the `faults` input of commands (tests and demos).
+    #[arg(long, env = "TETHER_FAULT_INJECTION")]
+    pub fault_injection: bool,
+
+    /// Attempts in flight at once.
+    #[arg(long, env = "TETHER_WORKERS", default_value_t = 16)]
+    pub workers: usize,
+    /// Lease of a running attempt.
+    #[arg(long, env = "TETHER_LEASE_MS", default_value_t = 30_000)]
+    pub lease_ms: i64,
+    /// Lease renewal interval while an attempt runs.
+    #[arg(long, env = "TETHER_HEARTBEAT_MS", default_value_t = 10_000)]
+    pub heartbeat_ms: i64,
+    /// How often expired leases are looked for.
+    #[arg(long, env = "TETHER_SWEEP_MS", default_value_t = 5_000)]
+    pub sweep_ms: i64,
+    /// Fallback poll interval of the listener and the emitter.
+    #[arg(long, env = "TETHER_POLL_MS", default_value_t = 1_000)]
+    pub poll_ms: i64,
+    /// Attempts per command, the first included (3 retries = 4).
+    #[arg(long, env = "TETHER_MAX_ATTEMPTS", default_value_t = 4)]
+    pub max_attempts: i32,
+    /// First retry wait; later waits grow by `retry_factor`.
+    #[arg(long, env = "TETHER_RETRY_BASE_MS", default_value_t = 500)]
+    pub retry_base_ms: u64,
+    #[arg(long, env = "TETHER_RETRY_FACTOR", default_value_t = 4)]
+    pub retry_factor: u32,
+    /// How long an idempotency key keeps returning the same trace.
+    #[arg(long, env = "TETHER_IDEMPOTENCY_HOURS", default_value_t = 24)]
+    pub idempotency_hours: i64,
+
+    /// Largest HTTP request body.
+    #[arg(long, env = "TETHER_MAX_BODY_BYTES", default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+    /// Largest command payload (its input, as JSON).
+    #[arg(long, env = "TETHER_MAX_PAYLOAD_BYTES", default_value_t = 256 << 10)]
+    pub max_payload_bytes: usize,
+    #[arg(long, env = "TETHER_MAX_QUERY_DEPTH", default_value_t = 15)]
+    pub max_depth: usize,
+    #[arg(long, env = "TETHER_MAX_QUERY_COMPLEXITY", default_value_t = 1000)]
+    pub max_complexity: usize,
+    /// Operations in one batched HTTP request.
+    #[arg(long, env = "TETHER_MAX_BATCH", default_value_t = 10)]
+    pub max_batch: usize,
+    /// Largest page a list query returns.
+    #[arg(long, env = "TETHER_MAX_PAGE", default_value_t = 1000)]
+    pub max_page: i64,
+    /// Accepts waiting for a group commit before new ones are throttled.
+    #[arg(long, env = "TETHER_ACCEPT_QUEUE", default_value_t = 10_000)]
+    pub accept_queue: usize,
+
+    /// Messages a subscriber may have waiting before it is dropped as too slow.
+    #[arg(long, env = "TETHER_SUBSCRIPTION_BUFFER", default_value_t = 64)]
+    pub subscription_buffer: usize,
+    /// Largest subscription message; larger ones are not delivered (as on AppSync).
+    #[arg(long, env = "TETHER_MAX_MESSAGE_BYTES", default_value_t = 240_000)]
+    pub max_message_bytes: usize,
+    #[arg(
+        long,
+        env = "TETHER_MAX_SUBSCRIPTIONS_PER_CONNECTION",
+        default_value_t = 200
+    )]
+    pub max_subscriptions_per_connection: usize,
+    /// Time a WebSocket client has to send `connection_init`.
+    #[arg(
+        long,
+        env = "TETHER_CONNECTION_INIT_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub connection_init_timeout_ms: u64,
+    /// Read buffer per WebSocket connection (the stock one is 128 KiB).
+    #[arg(long, env = "TETHER_WS_READ_BUFFER", default_value_t = 4096)]
+    pub ws_read_buffer: usize,
+
+    /// How long shutdown waits for attempts in flight before leaving them to lease expiry.
+    #[arg(long, env = "TETHER_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::parse_from_env_only()
+    }
+}
+
+impl Config {
+    /// The configuration from defaults and environment only (no flags).
+    pub fn parse_from_env_only() -> Self {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            config: Config,
+        }
+        Only::parse_from(["tether"]).config
+    }
+
+    /// A configuration for tests: a free loopback port and the given database.
+    pub fn for_tests(database_url: impl Into<String>) -> Self {
+        let mut c = Self::parse_from_env_only();
+        c.addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        c.database_url = database_url.into();
+        c
+    }
+}

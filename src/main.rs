@@ -1,0 +1,65 @@
+use clap::Parser;
+use tether::config::{Cli, Command};
+use tether::{Application, Config};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn")),
+        )
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Migrate(config)) => migrate(config).await,
+        Some(Command::Serve(config)) => serve(config).await,
+        None => serve(cli.serve).await,
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let app = Application::build(config).await?;
+    let addr = app.local_addr();
+    tracing::info!(%addr, "tether listening");
+    if let Some(key) = app.generated_key() {
+        println!(
+            "\ntether is ready on http://{addr}/graphql (GraphiQL: open it in a browser)\n\
+             API key (generated for this database): {key}\n\n\
+             Try:\n  curl -s http://{addr}/graphql -H 'content-type: application/json' -H 'x-api-key: {key}' \\\n    \
+             -d '{{\"query\":\"mutation {{ createOrder(input: {{customerId: \\\"c-1\\\", items: [{{sku: \\\"tea\\\", quantity: 2, unitPriceCents: 450}}]}}) {{ traceId status acceptedAt }} }}\"}}'\n"
+        );
+    } else {
+        println!("tether is ready on http://{addr}/graphql");
+    }
+    let shutdown = app.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        shutdown.cancel();
+    });
+    app.run().await
+}
+
+async fn migrate(mut config: Config) -> anyhow::Result<()> {
+    config.addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    config.open_access = true;
+    Application::build(config).await?;
+    println!("migrations applied");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

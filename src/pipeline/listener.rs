@@ -1,0 +1,72 @@
+//! TransactionListener: takes runnable commands off the queue (the `commands` table) and hands
+//! each to the TransactionManager. Routing and capacity only, never business logic.
+//!
+//! It wakes when the CommandApi accepts something (in-process notification), when an attempt
+//! finishes (a slot is free), when the next retry is due, and otherwise polls as a fallback.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::Pipeline;
+use crate::domain::now_millis;
+
+impl Pipeline {
+    pub async fn listen(self, cancel: CancellationToken, attempts: TaskTracker) {
+        // One permit per attempt in flight: bounds memory and database pressure (G8).
+        let slots = Arc::new(Semaphore::new(self.config.workers.max(1)));
+        let poll = Duration::from_millis(self.config.poll_ms.max(1) as u64);
+        loop {
+            if cancel.is_cancelled() {
+                break;
+            }
+            let free = slots.available_permits();
+            let mut claimed = 0;
+            if free > 0 {
+                match self.store.claim(free, self.config.lease_ms).await {
+                    Ok(claims) => {
+                        claimed = claims.len();
+                        for claim in claims {
+                            let Ok(permit) = slots.clone().acquire_owned().await else {
+                                break;
+                            };
+                            let pipeline = self.clone();
+                            let cancel = cancel.clone();
+                            attempts.spawn(async move {
+                                pipeline.run_attempt(claim, cancel).await;
+                                drop(permit);
+                                pipeline.wake.notify_one();
+                            });
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "claim failed"),
+                }
+            }
+            if claimed > 0 && claimed == free {
+                continue; // there may be more
+            }
+            let wait = match self.store.next_due().await {
+                Ok(Some(due)) => Duration::from_millis(
+                    (due - now_millis()).clamp(0, poll.as_millis() as i64) as u64,
+                ),
+                _ => poll,
+            };
+            if wait.is_zero() && free == 0 {
+                // Everything is due but no slot is free: wait for an attempt to finish.
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = self.wake.notified() => {}
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! The seams between the pipeline and the outside world, phrased in domain types only.
+//!
+//! `Store` is the durable state (commands, trace events, outbox, dead letters) and, in the
+//! embedded and Postgres shapes, the command queue too. `Tx` is what a command sees of the
+//! database inside its attempt's transaction. `Publisher` is where the EventEmitter relays
+//! committed outbox rows. Only `app.rs` and tests name the implementations.
+
+use async_trait::async_trait;
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::domain::{
+    Accepted, Claim, CommandError, DeadLetter, Millis, NewCommand, NewTraceEvent, OutboxEvent,
+    TraceEvent, TraceId, TraceRecord, ValidationError,
+};
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The same idempotency key was used earlier for a different command.
+    #[error("idempotency key already used for a different command (trace {0})")]
+    IdempotencyConflict(TraceId),
+    /// The store is saturated; the caller should back off.
+    #[error("the store is overloaded")]
+    Overloaded,
+    #[error("the store is shutting down")]
+    Closed,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+/// A value bound to a SQL statement a command runs in its transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SqlArg {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(String),
+}
+
+impl From<&str> for SqlArg {
+    fn from(s: &str) -> Self {
+        SqlArg::Text(s.to_owned())
+    }
+}
+impl From<String> for SqlArg {
+    fn from(s: String) -> Self {
+        SqlArg::Text(s)
+    }
+}
+impl From<i64> for SqlArg {
+    fn from(i: i64) -> Self {
+        SqlArg::Int(i)
+    }
+}
+
+/// The database as a command sees it inside its attempt's transaction. Statements use `$1`,
+/// `$2`, … placeholders, which both SQLite and PostgreSQL understand; SQL text is static,
+/// values are always bound.
+#[async_trait]
+pub trait Tx: Send {
+    /// Runs a statement; returns the number of rows it changed.
+    async fn execute(&mut self, sql: &'static str, args: &[SqlArg]) -> Result<u64, StoreError>;
+    /// Runs a query; returns the first row's columns as JSON values, if there is a row.
+    async fn fetch_optional(
+        &mut self,
+        sql: &'static str,
+        args: &[SqlArg],
+    ) -> Result<Option<Vec<Value>>, StoreError>;
+}
+
+/// What a successful attempt leaves behind, written in the same transaction as its business
+/// writes.
+#[derive(Debug, Default)]
+pub struct AttemptDone {
+    pub result: Value,
+    pub outbox: Vec<OutboxEvent>,
+    pub events: Vec<NewTraceEvent>,
+}
+
+/// The work of one attempt, run by the store inside the attempt's transaction after the lease
+/// check. Returning an error rolls the whole transaction back.
+#[async_trait]
+pub trait AttemptWork: Send + Sync {
+    async fn run(&self, tx: &mut dyn Tx) -> Result<AttemptDone, CommandError>;
+}
+
+/// How `Store::commit_attempt` ended.
+#[derive(Debug)]
+pub enum AttemptOutcome {
+    /// Business writes, outbox rows, dedup mark, status and events are committed.
+    Committed,
+    /// Another attempt holds the lease (or the sweeper took it back): nothing was written.
+    Fenced,
+    /// The command failed; its transaction was rolled back.
+    Failed(CommandError),
+}
+
+/// What the ErrorHandler decided after a failed attempt.
+#[derive(Debug, Clone)]
+pub enum Next {
+    Retry { at: Millis },
+    Fail,
+    DeadLetter,
+}
+
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub next: Next,
+    pub error: String,
+    pub events: Vec<NewTraceEvent>,
+}
+
+/// Durable state and the command queue (the `commands` table).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // --- CommandApi -------------------------------------------------------------------
+    /// Stores the command and its `ACCEPTED` event in one transaction (G1). Concurrent calls
+    /// may share one commit. The same owner + idempotency key returns the first trace.
+    async fn accept(&self, command: NewCommand) -> Result<Accepted, StoreError>;
+
+    async fn trace(&self, trace_id: TraceId) -> Result<Option<TraceRecord>, StoreError>;
+    async fn trace_events(
+        &self,
+        trace_id: TraceId,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<TraceEvent>, StoreError>;
+    /// Dead letters, newest first, after the cursor `before_id`; all owners when `owner` is
+    /// `None`.
+    async fn dead_letters(
+        &self,
+        owner: Option<&str>,
+        before_id: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<DeadLetter>, StoreError>;
+    /// Starts a new attempt series for a dead-lettered trace. `None` when the trace is not
+    /// dead-lettered (or already replayed).
+    async fn replay_dead_letter(
+        &self,
+        trace_id: TraceId,
+        event: NewTraceEvent,
+    ) -> Result<Option<Accepted>, StoreError>;
+
+    // --- TransactionListener / TransactionManager --------------------------------------
+    /// Claims up to `limit` runnable commands with a lease of `lease_ms`, counting the attempt.
+    async fn claim(&self, limit: usize, lease_ms: i64) -> Result<Vec<Claim>, StoreError>;
+    /// When the next retry becomes due, if any is waiting.
+    async fn next_due(&self) -> Result<Option<Millis>, StoreError>;
+    /// Extends a lease that is still ours; false when it is not.
+    async fn heartbeat(&self, claim: &Claim, lease_ms: i64) -> Result<bool, StoreError>;
+    /// Runs `work` in one transaction fenced by the claim's lease token (G3).
+    async fn commit_attempt(
+        &self,
+        claim: &Claim,
+        work: &dyn AttemptWork,
+    ) -> Result<AttemptOutcome, StoreError>;
+    /// Records a failed attempt (retry, fail or dead letter) if the lease is still ours.
+    async fn record_failure(&self, claim: &Claim, failure: Failure) -> Result<bool, StoreError>;
+    /// Running commands whose lease has expired: their worker crashed or stalled.
+    async fn expired_leases(&self, limit: usize) -> Result<Vec<Claim>, StoreError>;
+    /// Gives a lease back without counting the attempt (graceful shutdown).
+    async fn release(&self, claim: &Claim, event: NewTraceEvent) -> Result<bool, StoreError>;
+    /// Forgets idempotency keys older than `older_than`.
+    async fn expire_idempotency_keys(&self, older_than: Millis) -> Result<u64, StoreError>;
+
+    // --- EventEmitter -------------------------------------------------------------------
+    async fn unsent_outbox(&self, limit: usize) -> Result<Vec<OutboxEvent>, StoreError>;
+    /// Marks outbox rows sent and reports it on their traces.
+    async fn mark_sent(&self, events: &[OutboxEvent]) -> Result<(), StoreError>;
+
+    // --- Auth and health ----------------------------------------------------------------
+    /// The API key kept for embedded mode, created on first start.
+    async fn embedded_api_key(
+        &self,
+        generate: &(dyn Fn() -> String + Sync),
+    ) -> Result<String, StoreError>;
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Receives committed trace events in commit order (the hub).
+pub trait TraceSink: Send + Sync + 'static {
+    fn committed(&self, events: &[TraceEvent]);
+}
+
+#[derive(Debug, Error)]
+#[error("publish failed: {0}")]
+pub struct PublishError(pub String);
+
+/// Where the EventEmitter relays committed outbox rows (side effects).
+#[async_trait]
+pub trait Publisher: Send + Sync + 'static {
+    async fn publish(&self, events: &[OutboxEvent]) -> Result<(), PublishError>;
+}
+
+/// A command handler (the seeds' "Invokable"). Registered by the name of the `Mutation` field
+/// that carries the command; found by the CommandBuilder.
+#[async_trait]
+pub trait Invokable: Send + Sync + 'static {
+    /// The `Mutation` field this handler runs, e.g. `createOrder`.
+    fn command_type(&self) -> &'static str;
+
+    /// Fail-fast checks at accept time, beyond what GraphQL types and AWS scalars already
+    /// checked. Nothing is stored when this fails.
+    fn validate(&self, input: &Value) -> Result<(), ValidationError>;
+
+    /// The business logic, inside the attempt's transaction: its writes, the events it
+    /// collects and the trace's new status commit together or not at all. Returns the trace's
+    /// result.
+    async fn invoke(&self, ctx: &mut CommandContext<'_>) -> Result<Value, CommandError>;
+}
+
+/// What a command sees while it runs.
+pub struct CommandContext<'a> {
+    pub trace_id: TraceId,
+    pub attempt: i32,
+    pub input: &'a Value,
+    pub tx: &'a mut dyn Tx,
+    /// Side effects the command announces; the EventCollector turns them into outbox rows.
+    pub(crate) collected: &'a mut Vec<(String, Value)>,
+}
+
+impl CommandContext<'_> {
+    /// Announces a side effect (e.g. `OrderCreated`). It is published only if the attempt
+    /// commits.
+    pub fn emit(&mut self, event_type: impl Into<String>, payload: Value) {
+        self.collected.push((event_type.into(), payload));
+    }
+}
