@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{self, ApiState, Authenticator, TransportLimits};
 use crate::bus::EventBus;
-use crate::config::Config;
+use crate::config::{Config, Role};
 use crate::domain::Principal;
 use crate::hub::Hub;
 use crate::pipeline::command_api::CommandApi;
@@ -127,7 +127,9 @@ impl Application {
         );
         let shutdown = CancellationToken::new();
         let (tasks, attempts) = (TaskTracker::new(), TaskTracker::new());
-        pipeline.spawn(&shutdown, &tasks, &attempts);
+        if config.role == Role::All {
+            pipeline.spawn(&shutdown, &tasks, &attempts);
+        }
 
         let router = api::router(ApiState {
             schema,

@@ -5,7 +5,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -57,8 +57,21 @@ impl std::str::FromStr for Secret {
     }
 }
 
+/// What a process does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    /// The GraphQL API and the executor.
+    All,
+    /// The GraphQL API only; commands wait for an executor.
+    Api,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct Config {
+    /// What this process runs.
+    #[arg(long, env = "TETHER_ROLE", value_enum, default_value = "all")]
+    pub role: Role,
+
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "TETHER_ADDR", default_value = "127.0.0.1:4000")]
     pub addr: SocketAddr,

@@ -20,7 +20,8 @@ use crate::ports::{AttemptDone, AttemptOutcome, AttemptWork, CommandContext, Inv
 impl Pipeline {
     /// Runs one attempt to its end: committed, failed (and recorded) or fenced off.
     pub async fn run_attempt(&self, claim: Claim, cancel: CancellationToken) {
-        let faults = if self.config.fault_injection {
+        // Faults apply to the first attempt series: a replay runs clean, as after a fix.
+        let faults = if self.config.fault_injection && claim.series == 1 {
             Faults::from_payload(&claim.payload).unwrap_or_default()
         } else {
             Faults::default()

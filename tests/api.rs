@@ -1,0 +1,361 @@
+//! The accept path and the read side over real HTTP: validation, idempotency (G1), isolation
+//! (G7) and bad input (G8).
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+fn error_type(body: &Value) -> &str {
+    body["errors"][0]["errorType"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no errorType in {body}"))
+}
+
+#[tokio::test]
+async fn create_order_answers_with_a_trace_id_that_runs_to_success() {
+    let app = TestApp::spawn().await;
+    let mut bus = app.bus.subscribe();
+    let body = app
+        .gql(ALICE, CREATE_ORDER, json!({ "i": order("c-1") }))
+        .await;
+    let accepted = &body["data"]["createOrder"];
+    assert_eq!(accepted["status"], "ACCEPTED");
+    assert!(accepted["acceptedAt"].as_str().unwrap().ends_with('Z'));
+    let trace_id = accepted["traceId"].as_str().unwrap();
+
+    let trace = app.wait_state(ALICE, trace_id, &["SUCCEEDED"]).await;
+    assert_eq!(trace["commandType"], "createOrder");
+    assert_eq!(trace["attempts"], 1);
+    let result: Value = serde_json::from_str(trace["result"].as_str().unwrap()).unwrap();
+    assert_eq!(result["totalCents"], 900);
+
+    let components: Vec<(&str, &str)> = trace["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["component"].as_str().unwrap(),
+                e["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        &components[..7],
+        &[
+            ("CommandApi", "ACCEPTED"),
+            ("TransactionListener", "ACCEPTED"),
+            ("TransactionManager", "ACCEPTED"),
+            ("CommandBuilder", "SUCCESS"),
+            ("Command", "SUCCESS"),
+            ("EventCollector", "SUCCESS"),
+            ("TransactionManager", "SUCCESS"),
+        ]
+    );
+    // The side effect reaches the event bus, with the event ID the collector recorded.
+    let published = tokio::time::timeout(std::time::Duration::from_secs(10), bus.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(published.event_type, "OrderCreated");
+    assert_eq!(published.trace_id.to_string(), trace_id);
+    let trace = app.wait_state(ALICE, trace_id, &["SUCCEEDED"]).await;
+    let collected = trace["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["component"] == "EventCollector")
+        .unwrap();
+    let detail: Value = serde_json::from_str(collected["detail"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        detail["events"][0]["eventId"],
+        published.event_id.to_string()
+    );
+    assert_eq!(
+        count(
+            &app.dir,
+            "SELECT count(*) FROM orders WHERE trace_id = $1",
+            trace_id
+        )
+        .await,
+        1
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn handler_validation_fails_fast_and_stores_nothing() {
+    let app = TestApp::spawn().await;
+    let bad = json!({ "customerId": "c-1", "items": [{ "sku": "tea", "quantity": 0, "unitPriceCents": 1 }] });
+    let body = app.gql(ALICE, CREATE_ORDER, json!({ "i": bad })).await;
+    assert_eq!(error_type(&body), "ValidationError");
+    assert_eq!(
+        body["errors"][0]["errorInfo"]["field"],
+        "input.items[0].quantity"
+    );
+    assert!(body["data"].is_null());
+    let empty = json!({ "customerId": "  ", "items": [] });
+    let body = app.gql(ALICE, CREATE_ORDER, json!({ "i": empty })).await;
+    assert_eq!(error_type(&body), "ValidationError");
+    let mut conn = db(&app.dir).await;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM commands")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn aws_scalars_are_validated_on_input() {
+    let app = TestApp::spawn().await;
+    for (field, value) in [
+        ("email", json!("not-an-email")),
+        ("deliverBy", json!("2024-02-30")),
+        ("metadata", json!("{not json")),
+    ] {
+        let mut input = order("c-1");
+        input[field] = value;
+        let body = app.gql(ALICE, CREATE_ORDER, json!({ "i": input })).await;
+        assert_eq!(error_type(&body), "ValidationError", "{field}: {body}");
+        assert!(
+            body["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains(field),
+            "{body}"
+        );
+    }
+    // Valid values pass, and AWSJSON reaches the command parsed.
+    let mut input = order("c-1");
+    input["email"] = json!("a.b@example.com");
+    input["deliverBy"] = json!("2024-02-29");
+    input["metadata"] = json!("{\"gift\": true}");
+    let trace_id = app.create_order(ALICE, input).await;
+    app.wait_state(ALICE, &trace_id, &["SUCCEEDED"]).await;
+    let mut conn = db(&app.dir).await;
+    let payload: String = sqlx::query_scalar("SELECT payload FROM commands WHERE trace_id = $1")
+        .bind(&trace_id)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let payload: Value = serde_json::from_str(&payload).unwrap();
+    assert_eq!(payload["metadata"], json!({ "gift": true }));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn same_idempotency_key_same_caller_same_trace() {
+    let app = TestApp::spawn().await;
+    let vars = json!({ "i": order("c-1"), "k": "order-42" });
+    let first =
+        app.gql(ALICE, CREATE_ORDER, vars.clone()).await["data"]["createOrder"]["traceId"].clone();
+    // Concurrent duplicates land in the same group commit and still get the first trace.
+    let dupes =
+        futures_util::future::join_all((0..8).map(|_| app.gql(ALICE, CREATE_ORDER, vars.clone())))
+            .await;
+    for d in dupes {
+        assert_eq!(d["data"]["createOrder"]["traceId"], first);
+    }
+    // Another caller with the same key is another command.
+    let bobs =
+        app.gql(BOB, CREATE_ORDER, vars.clone()).await["data"]["createOrder"]["traceId"].clone();
+    assert_ne!(bobs, first);
+    // The same key for a different command is refused, not silently merged.
+    let other = app
+        .gql(
+            ALICE,
+            CREATE_ORDER,
+            json!({ "i": order("c-2"), "k": "order-42" }),
+        )
+        .await;
+    assert_eq!(error_type(&other), "IdempotencyConflict");
+    let mut conn = db(&app.dir).await;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM commands")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn traces_are_private_to_their_owner() {
+    let app = TestApp::spawn().await;
+    let trace_id = app.create_order(ALICE, order("c-1")).await;
+    app.wait_state(ALICE, &trace_id, &["SUCCEEDED"]).await;
+    // Bob gets exactly what he would get for a trace that does not exist.
+    let missing = uuid::Uuid::now_v7().to_string();
+    assert!(app.trace(BOB, &trace_id).await.is_null());
+    assert!(app.trace(BOB, &missing).await.is_null());
+    let q = "query($t: ID!) { traceEvents(traceId: $t) { seq } }";
+    let theirs = app.gql(BOB, q, json!({ "t": trace_id })).await;
+    let nothing = app.gql(BOB, q, json!({ "t": missing })).await;
+    assert_eq!(error_type(&theirs), "NotFound");
+    assert_eq!(
+        theirs["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .replace(&trace_id, "X"),
+        nothing["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .replace(&missing, "X")
+    );
+    // The admin reads everything.
+    assert_eq!(app.trace(ADMIN, &trace_id).await["state"], "SUCCEEDED");
+    // Bob cannot publish onto Alice's trace either.
+    let publish = app
+        .gql(BOB, "mutation($e: TraceEventInput!) { publishTraceEvent(input: $e) { seq } }", json!({ "e": {
+            "traceId": trace_id, "seq": 99, "component": "X", "status": "SUCCESS", "timestamp": "2026-01-01T00:00:00Z" } }))
+        .await;
+    assert_eq!(error_type(&publish), "Unauthorized");
+    assert_eq!(
+        publish["errors"][0]["message"],
+        "Not Authorized to access publishTraceEvent on type Mutation"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_errors_and_no_internals() {
+    let app = TestApp::spawn_with(|c| {
+        c.max_body_bytes = 4096;
+        c.max_batch = 3;
+        c.max_payload_bytes = 1024;
+    })
+    .await;
+    let url = app.url();
+    let send = |body: String, key: Option<&'static str>| {
+        let mut req = app
+            .http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(k) = key {
+            req = req.header("x-api-key", k);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap())
+        }
+    };
+    // No key, wrong key.
+    let (s, b) = send("{}".into(), None).await;
+    assert_eq!((s, error_type(&b)), (401, "UnauthorizedException"));
+    let (s, _) = send("{}".into(), Some("wrong")).await;
+    assert_eq!(s, 401);
+    // Malformed JSON.
+    let (s, b) = send("{\"query\": ".into(), Some(ALICE)).await;
+    assert_eq!((s, error_type(&b)), (400, "MalformedHttpRequestException"));
+    // Oversized body.
+    let (s, b) = send(
+        format!("{{\"query\": \"{}\"}}", "x".repeat(8000)),
+        Some(ALICE),
+    )
+    .await;
+    assert_eq!((s, error_type(&b)), (413, "PayloadTooLargeException"));
+    // Oversized command payload (under the body limit).
+    let mut big = order("c-1");
+    big["note"] = json!("n".repeat(2000));
+    let body = app.gql(ALICE, CREATE_ORDER, json!({ "i": big })).await;
+    assert_eq!(error_type(&body), "ValidationError");
+    // Batch abuse.
+    let op = json!({ "query": "{ __typename }" });
+    let (s, b) = send(json!([op, op, op, op]).to_string(), Some(ALICE)).await;
+    assert_eq!((s, error_type(&b)), (400, "BadRequestException"));
+    let (s, b) = send(json!([op, op]).to_string(), Some(ALICE)).await;
+    assert_eq!(s, 200);
+    assert_eq!(b.as_array().unwrap().len(), 2);
+    // Unknown field, unknown input field, syntax error.
+    for q in [
+        "{ nope }",
+        "mutation { createOrder(input: {customerId: \"c\", items: [], bogus: 1}) { traceId } }",
+        "{ trace(",
+    ] {
+        let (s, b) = app.post(Some(ALICE), json!({ "query": q })).await;
+        assert_eq!((s, error_type(&b)), (200, "ValidationError"), "{q}: {b}");
+    }
+    // Fault injection is off unless the server asks for it.
+    app.stop().await;
+    let app = TestApp::spawn_with(|c| c.fault_injection = false).await;
+    let body = app
+        .gql(
+            ALICE,
+            CREATE_ORDER,
+            json!({ "i": faulty_order(json!({ "failAttempts": 1 })) }),
+        )
+        .await;
+    assert_eq!(error_type(&body), "ValidationError");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn query_depth_and_complexity_are_limited() {
+    let app = TestApp::spawn_with(|c| {
+        c.max_depth = 2;
+        c.max_complexity = 5;
+    })
+    .await;
+    let trace_id = app.create_order(ALICE, order("c-1")).await;
+    let shallow = "query($t: ID!) { trace(traceId: $t) { state } }";
+    assert!(app.gql(ALICE, shallow, json!({ "t": trace_id })).await["errors"].is_null());
+    let deep = "query($t: ID!) { trace(traceId: $t) { events { seq } } }";
+    let body = app.gql(ALICE, deep, json!({ "t": trace_id })).await;
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nested too deep"),
+        "{body}"
+    );
+    let wide =
+        "query($t: ID!) { trace(traceId: $t) { state attempts series error result createdAt } }";
+    let body = app.gql(ALICE, wide, json!({ "t": trace_id })).await;
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("too complex"),
+        "{body}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn graphiql_and_health_are_served() {
+    let app = TestApp::spawn().await;
+    let page = app
+        .http
+        .get(app.url())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("GraphiQL"));
+    let health = app.health().await;
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["executor"]["committed"], 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn embedded_mode_generates_one_key_and_keeps_it() {
+    let dir = scratch_dir("embedded");
+    let mut config = tether::Config::for_tests(sqlite_url(&dir));
+    let first = tether::Application::build(config.clone()).await.unwrap();
+    let key = first.generated_key().unwrap().to_owned();
+    assert!(key.starts_with("tk_") && key.len() > 40);
+    drop(first);
+    let second = tether::Application::build(config.clone()).await.unwrap();
+    assert_eq!(second.generated_key(), Some(key.as_str()));
+    drop(second);
+    // Configured keys replace the generated one.
+    config.api_keys = tether::config::Secret::new("alice:k");
+    let third = tether::Application::build(config).await.unwrap();
+    assert_eq!(third.generated_key(), None);
+}

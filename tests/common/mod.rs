@@ -1,0 +1,276 @@
+//! Test helpers: the real application on port 0 against a fresh SQLite file, a real HTTP
+//! client and a real WebSocket client.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tether::{Application, Config};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+pub const ALICE: &str = "alice-key";
+pub const BOB: &str = "bob-key";
+pub const ADMIN: &str = "ops-key";
+
+pub const CREATE_ORDER: &str = "mutation($i: CreateOrderInput!, $k: String) { createOrder(input: $i, idempotencyKey: $k) { traceId status acceptedAt } }";
+pub const TRACE: &str = "query($t: ID!) { trace(traceId: $t) { traceId commandType state attempts series result error \
+     events { seq component status timestamp attempt message detail state } } }";
+pub const SUBSCRIBE: &str = "subscription($t: ID!) { onTraceEvent(traceId: $t) { traceId seq component status timestamp attempt message state } }";
+
+/// A fresh directory for one test's database.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{name}-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("creating a scratch dir");
+    dir
+}
+
+pub fn sqlite_url(dir: &std::path::Path) -> String {
+    format!("sqlite://{}", dir.join("tether.db").display())
+}
+
+/// A configuration for tests: alice and bob as users, ops as admin, fault injection on, short
+/// timings so retries and leases play out in well under a second.
+pub fn test_config(dir: &std::path::Path) -> Config {
+    let mut c = Config::for_tests(sqlite_url(dir));
+    c.api_keys = tether::config::Secret::new(format!("alice:{ALICE},bob:{BOB}"));
+    c.admin_api_keys = tether::config::Secret::new(format!("ops:{ADMIN}"));
+    c.fault_injection = true;
+    c.retry_base_ms = 20;
+    c.retry_factor = 2;
+    c.poll_ms = 50;
+    c.sweep_ms = 50;
+    c.lease_ms = 2_000;
+    c.heartbeat_ms = 500;
+    c
+}
+
+pub struct TestApp {
+    pub addr: std::net::SocketAddr,
+    pub dir: PathBuf,
+    pub http: reqwest::Client,
+    pub shutdown: tokio_util::sync::CancellationToken,
+    pub bus: tether::bus::EventBus,
+    pub stats: std::sync::Arc<tether::pipeline::Stats>,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    pub async fn spawn_with(configure: impl FnOnce(&mut Config)) -> Self {
+        let dir = scratch_dir("app");
+        let mut config = test_config(&dir);
+        configure(&mut config);
+        Self::start(dir, config).await
+    }
+
+    pub async fn start(dir: PathBuf, config: Config) -> Self {
+        let app = Application::build(config).await.expect("building the app");
+        let addr = app.local_addr();
+        let shutdown = app.shutdown_token();
+        let bus = app.event_bus().clone();
+        let stats = app.stats().clone();
+        let handle = tokio::spawn(app.run());
+        Self {
+            addr,
+            dir,
+            http: reqwest::Client::new(),
+            shutdown,
+            bus,
+            stats,
+            handle,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/graphql", self.addr)
+    }
+
+    /// Shuts the app down gracefully and waits for it.
+    pub async fn stop(self) -> PathBuf {
+        self.shutdown.cancel();
+        self.handle.await.expect("app task").expect("app run");
+        self.dir
+    }
+
+    /// POSTs a GraphQL request; returns (HTTP status, JSON body).
+    pub async fn post(&self, key: Option<&str>, body: Value) -> (u16, Value) {
+        let mut req = self.http.post(self.url()).json(&body);
+        if let Some(key) = key {
+            req = req.header("x-api-key", key);
+        }
+        let resp = req.send().await.expect("HTTP request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("HTTP body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("non-JSON body: {text}")),
+        )
+    }
+
+    pub async fn gql(&self, key: &str, query: &str, variables: Value) -> Value {
+        let (status, body) = self
+            .post(Some(key), json!({ "query": query, "variables": variables }))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Submits a createOrder; returns the trace ID.
+    pub async fn create_order(&self, key: &str, input: Value) -> String {
+        let body = self.gql(key, CREATE_ORDER, json!({ "i": input })).await;
+        body["data"]["createOrder"]["traceId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no trace id: {body}"))
+            .to_owned()
+    }
+
+    pub async fn trace(&self, key: &str, trace_id: &str) -> Value {
+        let body = self.gql(key, TRACE, json!({ "t": trace_id })).await;
+        body["data"]["trace"].clone()
+    }
+
+    /// Polls until the trace reaches one of `states` (bounded).
+    pub async fn wait_state(&self, key: &str, trace_id: &str, states: &[&str]) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let trace = self.trace(key, trace_id).await;
+            if states.iter().any(|s| trace["state"] == *s) {
+                return trace;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "trace {trace_id} never reached {states:?}: {trace}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+pub fn order(customer: &str) -> Value {
+    json!({ "customerId": customer, "items": [{ "sku": "tea", "quantity": 2, "unitPriceCents": 450 }] })
+}
+
+pub fn faulty_order(faults: Value) -> Value {
+    let mut o = order("c-faulty");
+    o["faults"] = faults;
+    o
+}
+
+/// Opens a sqlx connection to the app's database (to count effects directly).
+pub async fn db(dir: &std::path::Path) -> sqlx::SqliteConnection {
+    use sqlx::Connection;
+    sqlx::SqliteConnection::connect(&sqlite_url(dir))
+        .await
+        .expect("opening the test database")
+}
+
+pub async fn count(dir: &std::path::Path, sql: &'static str, trace_id: &str) -> i64 {
+    let mut conn = db(dir).await;
+    sqlx::query_scalar(sql)
+        .bind(trace_id)
+        .fetch_one(&mut conn)
+        .await
+        .expect("count query")
+}
+
+/// A `graphql-transport-ws` (or legacy `graphql-ws`) client.
+pub struct WsClient {
+    pub ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl WsClient {
+    pub async fn connect(addr: std::net::SocketAddr, protocol: &str) -> Self {
+        let mut req = format!("ws://{addr}/graphql")
+            .into_client_request()
+            .expect("ws request");
+        req.headers_mut()
+            .insert("sec-websocket-protocol", protocol.parse().expect("header"));
+        let (ws, resp) = tokio_tungstenite::connect_async(req)
+            .await
+            .expect("ws connect");
+        assert_eq!(
+            resp.headers()
+                .get("sec-websocket-protocol")
+                .and_then(|v| v.to_str().ok()),
+            Some(protocol)
+        );
+        Self { ws }
+    }
+
+    /// Connects and completes `connection_init` with the given key.
+    pub async fn init(addr: std::net::SocketAddr, protocol: &str, key: &str) -> Self {
+        let mut c = Self::connect(addr, protocol).await;
+        c.send(json!({ "type": "connection_init", "payload": { "x-api-key": key } }))
+            .await;
+        let ack = c.next().await.expect("an answer to connection_init");
+        assert_eq!(ack["type"], "connection_ack", "{ack}");
+        c
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.ws
+            .send(Message::Text(frame.to_string().into()))
+            .await
+            .expect("ws send");
+    }
+
+    /// The next JSON frame (skipping keep-alives), or None when the socket closed. Bounded.
+    pub async fn next(&mut self) -> Option<Value> {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(20), self.ws.next())
+                .await
+                .expect("ws frame within 20 s")?;
+            match msg {
+                Ok(Message::Text(t)) => {
+                    let v: Value = serde_json::from_str(t.as_str()).expect("JSON frame");
+                    if v["type"] == "ka" || v["type"] == "ping" || v["type"] == "pong" {
+                        continue;
+                    }
+                    return Some(v);
+                }
+                Ok(Message::Close(frame)) => {
+                    return Some(
+                        json!({ "type": "__close", "code": frame.map(|f| u16::from(f.code)) }),
+                    );
+                }
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    pub async fn subscribe(&mut self, id: &str, trace_id: &str) {
+        self.send(json!({ "id": id, "type": "subscribe", "payload": { "query": SUBSCRIBE, "variables": { "t": trace_id } } }))
+            .await;
+    }
+}
+
+impl TestApp {
+    pub async fn health(&self) -> Value {
+        let resp = self
+            .http
+            .get(format!("http://{}/health", self.addr))
+            .send()
+            .await
+            .expect("health");
+        resp.json().await.expect("health JSON")
+    }
+
+    /// Waits until the hub holds `n` subscribers (a subscribe has no ack in graphql-transport-ws).
+    pub async fn wait_subscribers(&self, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.health().await["subscribers"].as_u64() != Some(n) {
+            assert!(Instant::now() < deadline, "never reached {n} subscribers");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
