@@ -10,9 +10,10 @@ use serde_json::Value;
 pub struct Faults {
     /// Attempts 1..=N fail with a technical error after their writes (rolled back).
     pub fail_attempts: i32,
-    /// Slow work before the transaction; the heartbeat keeps the lease.
+    /// Slow work before the first attempt's transaction; the heartbeat keeps the lease.
     pub delay: Option<Duration>,
-    /// A paused process: no heartbeat, then a late commit that must be fenced off.
+    /// The first attempt stalls like a paused process: no heartbeat, then a late commit that
+    /// must be fenced off.
     pub freeze: Option<Duration>,
     /// Attempts 1..=N abort the whole process.
     pub crash_attempts: i32,
@@ -43,6 +44,16 @@ impl Faults {
     pub fn crashes(&self, attempt: i32) -> bool {
         attempt <= self.crash_attempts
     }
+
+    /// The pause before the transaction, if this attempt has one (the first attempt only).
+    pub fn pause(&self, attempt: i32) -> Option<(Duration, bool)> {
+        if attempt != 1 {
+            return None;
+        }
+        self.freeze
+            .map(|d| (d, true))
+            .or(self.delay.map(|d| (d, false)))
+    }
 }
 
 #[cfg(test)]
@@ -55,7 +66,8 @@ mod tests {
         let f =
             Faults::from_payload(&json!({"faults": {"failAttempts": 2, "freezeMs": 50}})).unwrap();
         assert!(f.fails(2) && !f.fails(3));
-        assert_eq!(f.freeze, Some(Duration::from_millis(50)));
+        assert_eq!(f.pause(1), Some((Duration::from_millis(50), true)));
+        assert_eq!(f.pause(2), None);
         assert_eq!(f.delay, None);
         assert!(!f.crashes(1));
         assert_eq!(Faults::from_payload(&json!({"customerId": "c"})), None);

@@ -31,16 +31,19 @@ impl Pipeline {
             std::process::abort();
         }
 
+        let pause = faults.pause(claim.attempt);
+        let frozen = matches!(pause, Some((_, true)));
         let heartbeat = CancellationToken::new();
-        if faults.freeze.is_none() {
+        if !frozen {
             tokio::spawn(self.clone().heartbeat(claim.clone(), heartbeat.clone()));
         }
         let _stop_heartbeat = heartbeat.clone().drop_guard();
 
-        if let Some(pause) = faults.freeze.or(faults.delay) {
+        if let Some((pause, frozen)) = pause {
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
-                _ = cancel.cancelled(), if faults.freeze.is_none() => {
+                // A frozen process does not notice the shutdown either.
+                _ = cancel.cancelled(), if !frozen => {
                     self.release(&claim).await;
                     return;
                 }
