@@ -1,0 +1,285 @@
+//! The real binary, killed: `kill -9` in the middle of a load and an injected `abort()` in an
+//! attempt. After a restart every accepted trace reaches exactly one terminal state, no order
+//! is written twice, and crashes count as attempts (G1, G2, G3, G6).
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+/// A `tether serve` child process; killed with SIGKILL when dropped.
+struct Server {
+    child: Child,
+    url: String,
+    http: reqwest::Client,
+}
+
+impl Server {
+    fn start(dir: &Path) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
+            .args(["serve", "--addr", "127.0.0.1:0", "--fault-injection"])
+            .args(["--database-url", &sqlite_url(dir)])
+            .args(["--api-keys", &format!("alice:{ALICE}")])
+            .args([
+                "--lease-ms",
+                "600",
+                "--heartbeat-ms",
+                "200",
+                "--sweep-ms",
+                "100",
+            ])
+            .args([
+                "--retry-base-ms",
+                "20",
+                "--retry-factor",
+                "2",
+                "--poll-ms",
+                "50",
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning tether");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let url = loop {
+            let line = lines
+                .next()
+                .expect("tether exited before it was ready")
+                .expect("stdout line");
+            if let Some(rest) = line.strip_prefix("tether is ready on ") {
+                break rest.split_whitespace().next().expect("url").to_owned();
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Server {
+            child,
+            url,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn kill9(&mut self) {
+        self.child.kill().expect("SIGKILL"); // std's kill() is SIGKILL on Unix
+        self.child.wait().expect("reaping tether");
+    }
+
+    async fn gql(&self, query: &str, variables: Value) -> Result<Value, reqwest::Error> {
+        let resp = self
+            .http
+            .post(&self.url)
+            .header("x-api-key", ALICE)
+            .json(&json!({ "query": query, "variables": variables }))
+            .send()
+            .await?;
+        resp.json().await
+    }
+
+    async fn wait_terminal(&self, trace_id: &str) -> Value {
+        let q = "query($t: ID!) { trace(traceId: $t) { state attempts events { seq message } } }";
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let trace = self
+                .gql(q, json!({ "t": trace_id }))
+                .await
+                .expect("trace query")["data"]["trace"]
+                .clone();
+            assert!(
+                !trace.is_null(),
+                "accepted trace {trace_id} is missing after the restart (G1)"
+            );
+            if ["SUCCEEDED", "FAILED", "DEAD_LETTERED"].contains(&trace["state"].as_str().unwrap())
+            {
+                return trace;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "trace {trace_id} never terminated (G2): {trace}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_load_loses_nothing_and_duplicates_nothing() {
+    let dir = scratch_dir("kill9");
+    let mut server = Server::start(&dir);
+    let accepted = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stop_at = Instant::now() + Duration::from_millis(1500);
+    let mut clients = Vec::new();
+    for client in 0..16 {
+        let url = server.url.clone();
+        let accepted = accepted.clone();
+        clients.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut n = 0;
+            while Instant::now() < stop_at && n < 2000 {
+                n += 1;
+                // A mix: plain orders, orders that fail once, orders that take a while.
+                let input = match (client + n) % 5 {
+                    0 => faulty_order(json!({ "failAttempts": 1 })),
+                    1 => faulty_order(json!({ "delayMs": 150 })),
+                    _ => order("c-load"),
+                };
+                let body = json!({ "query": CREATE_ORDER, "variables": { "i": input } });
+                let Ok(resp) = http
+                    .post(&url)
+                    .header("x-api-key", ALICE)
+                    .json(&body)
+                    .send()
+                    .await
+                else {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue; // the server is down: the command was never accepted
+                };
+                if let Ok(v) = resp.json::<Value>().await
+                    && let Some(id) = v["data"]["createOrder"]["traceId"].as_str()
+                {
+                    accepted.lock().unwrap().push(id.to_owned());
+                }
+            }
+        }));
+    }
+    // Kill while accepts and attempts are in flight.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while accepted.lock().unwrap().len() < 150 {
+        assert!(Instant::now() < deadline, "the load never got going");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.kill9();
+    let at_kill = accepted.lock().unwrap().len();
+    for c in clients {
+        c.await.unwrap();
+    }
+    let accepted: Vec<String> = accepted.lock().unwrap().clone();
+    assert_eq!(accepted.len(), at_kill, "no answers after the kill");
+
+    let server = Server::start(&dir);
+    let mut unique = HashSet::new();
+    for trace_id in &accepted {
+        assert!(
+            unique.insert(trace_id.clone()),
+            "trace {trace_id} was handed out twice"
+        );
+        let trace = server.wait_terminal(trace_id).await;
+        assert_eq!(trace["state"], "SUCCEEDED", "{trace_id}: {trace}");
+        assert!(trace["attempts"].as_i64().unwrap() <= 4, "{trace}");
+    }
+    // Every command in the database (answered or not) ran to one end, and wrote its order once.
+    let mut conn = db(&dir).await;
+    let open: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM commands WHERE state NOT IN ('SUCCEEDED','FAILED','DEAD_LETTERED')",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    let commands: i64 = sqlx::query_scalar("SELECT count(*) FROM commands")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let duplicated: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT trace_id FROM orders GROUP BY trace_id HAVING count(*) > 1)",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    let succeeded_without_order: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM commands c WHERE state = 'SUCCEEDED' AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.trace_id = c.trace_id)",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(open, 0, "commands left unfinished");
+    assert_eq!(duplicated, 0, "orders written twice (G3)");
+    assert_eq!(succeeded_without_order, 0);
+    assert_eq!(orders, commands, "one order per command");
+    let crashed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM trace_events WHERE message LIKE '%lost its lease%'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    eprintln!(
+        "accepted {} answered commands of {commands} stored; {crashed} attempts were cut by the kill",
+        accepted.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_in_an_attempt_counts_as_an_attempt() {
+    let dir = scratch_dir("abort");
+    let server = Server::start(&dir);
+    let body = server
+        .gql(
+            CREATE_ORDER,
+            json!({ "i": faulty_order(json!({ "crashAttempts": 1 })) }),
+        )
+        .await
+        .expect("accept before the crash");
+    let trace_id = body["data"]["createOrder"]["traceId"]
+        .as_str()
+        .expect("trace id")
+        .to_owned();
+    // The executor aborts the whole process on attempt 1.
+    let mut server = server;
+    let exited = tokio::task::spawn_blocking(move || {
+        let status = server.child.wait().expect("waiting for the crash");
+        (server, status)
+    });
+    let (server, status) = tokio::time::timeout(Duration::from_secs(20), exited)
+        .await
+        .expect("tether should abort")
+        .unwrap();
+    assert!(
+        !status.success(),
+        "the injected crash must kill the process"
+    );
+    drop(server);
+
+    let server = Server::start(&dir);
+    let trace = server.wait_terminal(&trace_id).await;
+    assert_eq!(trace["state"], "SUCCEEDED", "{trace}");
+    assert_eq!(trace["attempts"], 2, "the crashed attempt counts: {trace}");
+    let messages: Vec<&str> = trace["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("attempt 1 lost its lease")),
+        "{messages:?}"
+    );
+    assert_eq!(
+        count(
+            &dir,
+            "SELECT count(*) FROM orders WHERE trace_id = $1",
+            &trace_id
+        )
+        .await,
+        1
+    );
+}
