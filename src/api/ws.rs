@@ -91,7 +91,16 @@ async fn serve(
     // Engine → client: forget ids the server completed.
     let outgoing = {
         let active = active.clone();
-        PollSender::new(out_tx.clone()).with(move |msg: Message| {
+        PollSender::new(out_tx.clone()).with(move |mut msg: Message| {
+            // async-graphql closes a refused connection_init with 1002; graphql-transport-ws
+            // says 4403 Forbidden.
+            if let Message::Close(Some(frame)) = &mut msg
+                && frame.code == 1002
+                && frame.reason.starts_with("Unauthorized")
+            {
+                frame.code = 4403;
+                frame.reason = "Forbidden".into();
+            }
             if let Message::Text(text) = &msg {
                 let t = text.as_str();
                 if (t.starts_with("{\"type\":\"complete\"") || t.starts_with("{\"type\":\"error\""))

@@ -274,6 +274,14 @@ fn directive_strings(directive: &ConstDirective, arg: &str) -> Vec<String> {
     }
 }
 
+/// The name of a type reference's innermost named type.
+fn base_name(ty: &Type) -> &async_graphql::Name {
+    match &ty.base {
+        BaseType::Named(n) => n,
+        BaseType::List(inner) => base_name(inner),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -329,6 +329,14 @@ pub fn subscription(doc: &SchemaDoc, f: &FieldDef) -> Result<SubscriptionField, 
         )));
     }
     let owned = name == "onTraceEvent";
+    // async-graphql drops field errors inside subscription items, so a non-null field the
+    // publisher did not select is caught here, as AppSync reports it: an error, not a hole.
+    let return_type = super::base_name(&f.ty.node).to_string();
+    let non_null: Vec<String> = doc
+        .object_fields(&return_type)
+        .filter(|field| !field.ty.node.nullable)
+        .map(|field| field.name.node.to_string())
+        .collect();
     if owned
         && !doc
             .routes()
@@ -344,6 +352,8 @@ pub fn subscription(doc: &SchemaDoc, f: &FieldDef) -> Result<SubscriptionField, 
         type_ref(&f.ty.node),
         move |ctx| {
             let name = name.clone();
+            let non_null = non_null.clone();
+            let return_type = return_type.clone();
             SubscriptionFieldFuture::new(async move {
                 let s = services(&ctx)?;
                 let who = principal(&ctx)?;
@@ -358,14 +368,31 @@ pub fn subscription(doc: &SchemaDoc, f: &FieldDef) -> Result<SubscriptionField, 
                     .iter()
                     .map(|(k, v)| (k.to_string(), plain_json(v.as_value())))
                     .collect();
+                let required: Vec<String> = ctx
+                    .field()
+                    .selection_set()
+                    .map(|f| f.name().to_owned())
+                    .filter(|f| non_null.contains(f))
+                    .collect();
                 let stream = s.hub.subscribe(&name, filters);
-                Ok(stream.map(|item| match item {
-                Ok(payload) => Ok(FieldValue::value(to_gql(Value::clone(&payload)))),
-                Err(TooSlow) => Err(errors::error(
-                    kind::SUBSCRIPTION_OVERFLOW,
-                    "the subscriber fell too far behind and was dropped; query traceEvents to catch up",
-                )),
-            }))
+                Ok(stream.map(move |item| match item {
+                    Ok(payload) => {
+                        let missing = required
+                            .iter()
+                            .find(|f| payload.get(f.as_str()).is_none_or(Value::is_null));
+                        match missing {
+                            Some(field) => Err(Error::new(format!(
+                                "Cannot return null for non-nullable type: '{field}' within parent \
+                                 '{return_type}' (the publishing mutation did not select it)"
+                            ))),
+                            None => Ok(FieldValue::value(to_gql(Value::clone(&payload)))),
+                        }
+                    }
+                    Err(TooSlow) => Err(errors::error(
+                        kind::SUBSCRIPTION_OVERFLOW,
+                        "the subscriber fell too far behind and was dropped; query traceEvents to catch up",
+                    )),
+                }))
             })
         },
     ))
