@@ -1,0 +1,154 @@
+//! The Store contract, against the SQLite store (the PostgreSQL store joins these in its own
+//! issue): group commit, idempotency retention, claims and fencing.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use common::*;
+use serde_json::json;
+use tether::domain::{Component, NewCommand, NewTraceEvent, Status, TraceId, now_millis};
+use tether::ports::{Failure, Next, Store, StoreError};
+use tether::store::SqliteStore;
+
+async fn store() -> (Arc<dyn Store>, std::path::PathBuf) {
+    let dir = scratch_dir("store");
+    let hub = tether::hub::Hub::new(HashMap::new(), 16, 240_000);
+    let store = SqliteStore::open(&sqlite_url(&dir), hub, 10_000)
+        .await
+        .unwrap();
+    (Arc::new(store), dir)
+}
+
+fn command(owner: &str, key: Option<&str>) -> NewCommand {
+    NewCommand {
+        trace_id: TraceId::new(),
+        command_type: "createOrder".into(),
+        payload: json!({ "customerId": "c" }),
+        owner: owner.into(),
+        idempotency_key: key.map(str::to_owned),
+    }
+}
+
+#[tokio::test]
+async fn concurrent_accepts_all_land_durably() {
+    let (store, dir) = store().await;
+    let accepted = futures_util::future::join_all((0..500).map(|_| {
+        let store = store.clone();
+        async move { store.accept(command("alice", None)).await.unwrap() }
+    }))
+    .await;
+    let mut conn = db(&dir).await;
+    let (commands, events): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM commands), (SELECT count(*) FROM trace_events WHERE component = 'CommandApi')",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!((commands, events), (500, 500));
+    assert!(accepted.iter().all(|a| a.created));
+}
+
+#[tokio::test]
+async fn a_full_accept_queue_throttles_instead_of_growing() {
+    let dir = scratch_dir("store-full");
+    let hub = tether::hub::Hub::new(HashMap::new(), 16, 240_000);
+    let store: Arc<dyn Store> =
+        Arc::new(SqliteStore::open(&sqlite_url(&dir), hub, 1).await.unwrap());
+    let results = futures_util::future::join_all((0..200).map(|_| {
+        let store = store.clone();
+        async move { store.accept(command("alice", None)).await }
+    }))
+    .await;
+    let throttled = results
+        .iter()
+        .filter(|r| matches!(r, Err(StoreError::Overloaded)))
+        .count();
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(
+        ok + throttled,
+        200,
+        "every accept either lands or is told to back off"
+    );
+    assert!(
+        throttled > 0,
+        "a queue of 1 must push back under 200 concurrent accepts"
+    );
+}
+
+#[tokio::test]
+async fn idempotency_keys_are_forgotten_after_their_retention() {
+    let (store, _dir) = store().await;
+    let first = store.accept(command("alice", Some("k"))).await.unwrap();
+    let again = store.accept(command("alice", Some("k"))).await.unwrap();
+    assert_eq!((again.trace_id, again.created), (first.trace_id, false));
+    // Retention not reached: nothing is forgotten.
+    assert_eq!(
+        store
+            .expire_idempotency_keys(first.accepted_at - 1)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .accept(command("alice", Some("k")))
+            .await
+            .unwrap()
+            .trace_id,
+        first.trace_id
+    );
+    // Past it, the key is free again.
+    assert_eq!(
+        store
+            .expire_idempotency_keys(now_millis() + 1)
+            .await
+            .unwrap(),
+        1
+    );
+    let later = store.accept(command("alice", Some("k"))).await.unwrap();
+    assert!(later.created);
+    assert_ne!(later.trace_id, first.trace_id);
+}
+
+#[tokio::test]
+async fn a_lease_is_exclusive_and_a_stale_token_writes_nothing() {
+    let (store, _dir) = store().await;
+    let accepted = store.accept(command("alice", None)).await.unwrap();
+    let claims = store.claim(10, 10_000).await.unwrap();
+    assert_eq!(claims.len(), 1);
+    assert!(
+        store.claim(10, 10_000).await.unwrap().is_empty(),
+        "a leased command is not claimed twice"
+    );
+    let mut stale = claims[0].clone();
+    stale.lease_token -= 1;
+    let failure = Failure {
+        next: Next::Fail,
+        error: "x".into(),
+        events: vec![NewTraceEvent::new(
+            Component::ErrorHandler,
+            Status::Error,
+            "x",
+        )],
+    };
+    assert!(!store.record_failure(&stale, failure.clone()).await.unwrap());
+    assert!(!store.heartbeat(&stale, 10_000).await.unwrap());
+    assert!(store.heartbeat(&claims[0], 10_000).await.unwrap());
+    assert!(
+        store
+            .record_failure(&claims[0], failure.clone())
+            .await
+            .unwrap()
+    );
+    // Once the attempt is recorded, its own token is stale too.
+    assert!(!store.record_failure(&claims[0], failure).await.unwrap());
+    let trace = store.trace(accepted.trace_id).await.unwrap().unwrap();
+    assert_eq!(trace.state.as_str(), "FAILED");
+    let events = store.trace_events(accepted.trace_id, 0, 100).await.unwrap();
+    assert_eq!(
+        events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+}
