@@ -146,12 +146,14 @@ impl Inner {
                     continue;
                 }
             }
+            // A new trace: its first event is seq 1, so the counter starts there.
+            let id = cmd.trace_id.to_string();
             sqlx::query(
                 "INSERT INTO commands (trace_id, command_type, payload, owner, idempotency_key,
-                     state, next_attempt_at, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, 'PENDING', $6, $6, $6)",
+                     state, next_attempt_at, last_seq, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, 'PENDING', $6, 1, $6, $6)",
             )
-            .bind(cmd.trace_id.to_string())
+            .bind(&id)
             .bind(&cmd.command_type)
             .bind(&payload)
             .bind(&cmd.owner)
@@ -159,21 +161,27 @@ impl Inner {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-            let accepted = NewTraceEvent::new(
-                Component::CommandApi,
-                Status::Accepted,
-                format!("{} accepted", cmd.command_type),
-            );
-            events.extend(
-                append_events(
-                    &mut tx,
-                    cmd.trace_id,
-                    Some(TraceState::Pending),
-                    now,
-                    &[accepted],
-                )
-                .await?,
-            );
+            let message = format!("{} accepted", cmd.command_type);
+            sqlx::query(
+                "INSERT INTO trace_events (trace_id, seq, component, status, message, state, at)
+                 VALUES ($1, 1, 'CommandApi', 'ACCEPTED', $2, 'PENDING', $3)",
+            )
+            .bind(&id)
+            .bind(&message)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            events.push(TraceEvent {
+                trace_id: cmd.trace_id,
+                seq: 1,
+                component: Component::CommandApi,
+                status: Status::Accepted,
+                at: now,
+                attempt: None,
+                message: Some(message),
+                detail: None,
+                state: TraceState::Pending,
+            });
             results.push(Ok(Accepted {
                 trace_id: cmd.trace_id,
                 accepted_at: now,
