@@ -5,6 +5,8 @@
 //! database inside its attempt's transaction. `Publisher` is where the EventEmitter relays
 //! committed outbox rows. Only `app.rs` and tests name the implementations.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use serde_json::Value;
 use thiserror::Error;
@@ -24,6 +26,9 @@ pub enum StoreError {
     Overloaded,
     #[error("the store is shutting down")]
     Closed,
+    /// A shared (group) transaction failed; the details are logged where it happened.
+    #[error("{0}")]
+    Failed(String),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
     #[error("corrupt row: {0}")]
@@ -151,10 +156,11 @@ pub trait Store: Send + Sync + 'static {
     /// Extends a lease that is still ours; false when it is not.
     async fn heartbeat(&self, claim: &Claim, lease_ms: i64) -> Result<bool, StoreError>;
     /// Runs `work` in one transaction fenced by the claim's lease token (G3).
+    /// Concurrent attempts may share one commit; each still commits or rolls back alone.
     async fn commit_attempt(
         &self,
         claim: &Claim,
-        work: &dyn AttemptWork,
+        work: Arc<dyn AttemptWork>,
     ) -> Result<AttemptOutcome, StoreError>;
     /// Records a failed attempt (retry, fail or dead letter) if the lease is still ours.
     async fn record_failure(&self, claim: &Claim, failure: Failure) -> Result<bool, StoreError>;

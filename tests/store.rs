@@ -152,3 +152,78 @@ async fn a_lease_is_exclusive_and_a_stale_token_writes_nothing() {
         [1, 2, 3, 4]
     );
 }
+
+/// Writes an order row for its trace, then fails or not.
+struct WriteOrder {
+    trace_id: TraceId,
+    fail: bool,
+}
+
+#[async_trait::async_trait]
+impl tether::ports::AttemptWork for WriteOrder {
+    async fn run(
+        &self,
+        tx: &mut dyn tether::ports::Tx,
+    ) -> Result<tether::ports::AttemptDone, tether::domain::CommandError> {
+        tx.execute(
+            "INSERT INTO orders (order_id, trace_id, customer_id, items, total_cents, status, created_at, updated_at)
+             VALUES ($1, $2, 'c', '[]', 0, 'CREATED', 0, 0)",
+            &[uuid::Uuid::new_v4().to_string().into(), self.trace_id.to_string().into()],
+        )
+        .await
+        .map_err(|e| tether::domain::CommandError::technical(e.to_string()))?;
+        if self.fail {
+            return Err(tether::domain::CommandError::technical("after the write"));
+        }
+        Ok(tether::ports::AttemptDone::default())
+    }
+}
+
+#[tokio::test]
+async fn attempts_sharing_a_commit_roll_back_alone() {
+    let (store, dir) = store().await;
+    for _ in 0..40 {
+        store.accept(command("alice", None)).await.unwrap();
+    }
+    let claims = store.claim(40, 10_000).await.unwrap();
+    assert_eq!(claims.len(), 40);
+    let outcomes = futures_util::future::join_all(claims.iter().enumerate().map(|(i, claim)| {
+        let store = store.clone();
+        let work = Arc::new(WriteOrder {
+            trace_id: claim.trace_id,
+            fail: i % 2 == 0,
+        });
+        async move { store.commit_attempt(claim, work).await.unwrap() }
+    }))
+    .await;
+    let mut conn = db(&dir).await;
+    for (i, (claim, outcome)) in claims.iter().zip(outcomes).enumerate() {
+        let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE trace_id = $1")
+            .bind(claim.trace_id.to_string())
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        let state = store.trace(claim.trace_id).await.unwrap().unwrap().state;
+        if i % 2 == 0 {
+            assert!(matches!(outcome, tether::ports::AttemptOutcome::Failed(_)));
+            assert_eq!((orders, state.as_str()), (0, "RUNNING"));
+        } else {
+            assert!(matches!(outcome, tether::ports::AttemptOutcome::Committed));
+            assert_eq!((orders, state.as_str()), (1, "SUCCEEDED"));
+        }
+    }
+    // A second commit with the same (now stale) lease is fenced off.
+    let again = store
+        .commit_attempt(
+            &claims[1],
+            Arc::new(WriteOrder {
+                trace_id: claims[1].trace_id,
+                fail: false,
+            }),
+        )
+        .await;
+    assert!(matches!(
+        again.unwrap(),
+        tether::ports::AttemptOutcome::Fenced
+    ));
+}

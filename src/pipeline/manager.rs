@@ -54,11 +54,11 @@ impl Pipeline {
             Err(e) => Ok(AttemptOutcome::Failed(e)),
             Ok(handler) => {
                 let work = Attempt {
-                    claim: &claim,
+                    claim: claim.clone(),
                     handler,
                     fail: faults.fails(claim.attempt),
                 };
-                self.store.commit_attempt(&claim, &work).await
+                self.store.commit_attempt(&claim, Arc::new(work)).await
             }
         };
         heartbeat.cancel();
@@ -140,17 +140,17 @@ impl Pipeline {
 }
 
 /// The transactional part of an attempt: the command, then the EventCollector.
-struct Attempt<'a> {
-    claim: &'a Claim,
+struct Attempt {
+    claim: Claim,
     handler: Arc<dyn Invokable>,
     /// Injected: fail after the command's writes, so they must roll back.
     fail: bool,
 }
 
 #[async_trait]
-impl AttemptWork for Attempt<'_> {
+impl AttemptWork for Attempt {
     async fn run(&self, tx: &mut dyn Tx) -> Result<AttemptDone, CommandError> {
-        let claim = self.claim;
+        let claim = &self.claim;
         let mut announced = Vec::new();
         let result = {
             let mut ctx = CommandContext {

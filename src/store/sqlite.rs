@@ -7,7 +7,8 @@
 //! the crate relies on:
 //!
 //! * **Group commit.** Accepts queue up on a channel; one task drains whatever has arrived and
-//!   commits it in one transaction, so N concurrent accepts cost one fsync, not N.
+//!   commits it in one transaction, so N concurrent accepts cost one fsync, not N. Finished
+//!   attempts do the same, each in its own savepoint.
 //! * **Ordered fan-out.** Committed trace events are handed to the [`TraceSink`] while the
 //!   writer is still held, so the hub sees events in commit order and per-trace sequence
 //!   numbers reach subscribers in order (G5).
@@ -34,12 +35,16 @@ use crate::ports::{
 
 /// How many accepts one group commit may carry.
 const MAX_ACCEPT_BATCH: usize = 512;
+/// How many finished attempts one group commit may carry.
+const MAX_ATTEMPT_BATCH: usize = 64;
 
 pub struct SqliteStore {
     inner: Arc<Inner>,
     /// Accepts waiting for the next group commit. Bounded: when it is full the API answers
     /// with a throttling error instead of queueing without limit (G8).
     accepts: mpsc::Sender<AcceptJob>,
+    /// Attempts waiting for the next group commit (bounded by the executor's slots).
+    attempts: mpsc::Sender<AttemptJob>,
 }
 
 struct Inner {
@@ -47,6 +52,12 @@ struct Inner {
     writer: Mutex<SqliteConnection>,
     readers: SqlitePool,
     sink: Arc<dyn TraceSink>,
+}
+
+struct AttemptJob {
+    claim: Claim,
+    work: Arc<dyn AttemptWork>,
+    reply: oneshot::Sender<Result<AttemptOutcome, StoreError>>,
 }
 
 struct AcceptJob {
@@ -81,7 +92,13 @@ impl SqliteStore {
         });
         let (accepts, rx) = mpsc::channel(accept_queue.max(1));
         tokio::spawn(accept_loop(inner.clone(), rx));
-        Ok(Self { inner, accepts })
+        let (attempts, rx) = mpsc::channel(MAX_ATTEMPT_BATCH);
+        tokio::spawn(attempt_loop(inner.clone(), rx));
+        Ok(Self {
+            inner,
+            accepts,
+            attempts,
+        })
     }
 }
 
@@ -100,7 +117,7 @@ async fn accept_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<AcceptJob>) {
             Err(e) => {
                 tracing::error!(error = %e, batch = batch.len(), "accept batch failed");
                 for job in batch.drain(..) {
-                    let _ = job.reply.send(Err(StoreError::Corrupt(
+                    let _ = job.reply.send(Err(StoreError::Failed(
                         "the accept transaction failed".into(),
                     )));
                 }
@@ -192,6 +209,131 @@ impl Inner {
         self.sink.committed(&events);
         Ok(results)
     }
+}
+
+/// Drains finished attempts: everything that arrived while the previous commit ran shares the
+/// next one, each in its own savepoint, so one attempt's failure rolls back only its own work.
+async fn attempt_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<AttemptJob>) {
+    let mut batch = Vec::with_capacity(MAX_ATTEMPT_BATCH);
+    while rx.recv_many(&mut batch, MAX_ATTEMPT_BATCH).await > 0 {
+        let outcomes = inner.attempt_batch(&batch).await;
+        for (job, outcome) in batch.drain(..).zip(outcomes) {
+            let _ = job.reply.send(outcome);
+        }
+    }
+}
+
+impl Inner {
+    async fn attempt_batch(&self, jobs: &[AttemptJob]) -> Vec<Result<AttemptOutcome, StoreError>> {
+        let mut writer = self.writer.lock().await;
+        let run = async {
+            let mut tx = writer.begin().await?;
+            let now = now_millis();
+            let mut outcomes = Vec::with_capacity(jobs.len());
+            let mut events = Vec::new();
+            for job in jobs {
+                let mut savepoint = tx.begin().await?;
+                match attempt_in(&mut savepoint, &job.claim, job.work.as_ref(), now).await {
+                    Ok((AttemptOutcome::Committed, committed)) => {
+                        savepoint.commit().await?;
+                        events.extend(committed);
+                        outcomes.push(Ok(AttemptOutcome::Committed));
+                    }
+                    Ok((other, _)) => {
+                        savepoint.rollback().await?;
+                        outcomes.push(Ok(other));
+                    }
+                    Err(e) => {
+                        savepoint.rollback().await?;
+                        outcomes.push(Err(e));
+                    }
+                }
+            }
+            tx.commit().await?;
+            Ok::<_, StoreError>((outcomes, events))
+        };
+        match run.await {
+            Ok((outcomes, events)) => {
+                self.sink.committed(&events);
+                outcomes
+            }
+            Err(e) => {
+                tracing::error!(error = %e, batch = jobs.len(), "attempt batch failed");
+                jobs.iter()
+                    .map(|_| Err(StoreError::Failed("the attempt transaction failed".into())))
+                    .collect()
+            }
+        }
+    }
+}
+
+/// One attempt inside the caller's (savepoint) transaction: the lease check first, so a zombie
+/// stops before any business write; then the dedup mark, the command, its outbox rows, its
+/// result and its trace events.
+async fn attempt_in(
+    conn: &mut SqliteConnection,
+    claim: &Claim,
+    work: &dyn AttemptWork,
+    now: Millis,
+) -> Result<(AttemptOutcome, Vec<TraceEvent>), StoreError> {
+    let id = claim.trace_id.to_string();
+    let ours = sqlx::query(
+        "UPDATE commands SET updated_at = $1 WHERE trace_id = $2 AND fence = $3 AND state = 'RUNNING'",
+    )
+    .bind(now)
+    .bind(&id)
+    .bind(claim.lease_token)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if ours == 0 {
+        return Ok((AttemptOutcome::Fenced, Vec::new()));
+    }
+    let first_time = sqlx::query(
+        "INSERT INTO processed (trace_id, series, processed_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+    )
+    .bind(&id)
+    .bind(claim.series)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if first_time == 0 {
+        tracing::warn!(trace.id = %claim.trace_id, "series already processed; not running it again");
+        return Ok((AttemptOutcome::Fenced, Vec::new()));
+    }
+    let done = match work.run(&mut SqliteTx { conn: &mut *conn }).await {
+        Ok(done) => done,
+        Err(e) => return Ok((AttemptOutcome::Failed(e), Vec::new())),
+    };
+    for event in &done.outbox {
+        sqlx::query(
+            "INSERT INTO outbox (event_id, trace_id, event_type, payload, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(event.event_id.to_string())
+        .bind(event.trace_id.to_string())
+        .bind(&event.event_type)
+        .bind(event.payload.to_string())
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    }
+    sqlx::query(
+        "UPDATE commands SET state = 'SUCCEEDED', result = $1, lease_expires_at = NULL WHERE trace_id = $2",
+    )
+        .bind(done.result.to_string())
+        .bind(&id)
+        .execute(&mut *conn)
+        .await?;
+    let events = append_events(
+        conn,
+        claim.trace_id,
+        Some(TraceState::Succeeded),
+        now,
+        &done.events,
+    )
+    .await?;
+    Ok((AttemptOutcome::Committed, events))
 }
 
 /// Appends events to a trace: bumps its sequence counter (and state, if given) and inserts the
@@ -535,76 +677,19 @@ impl Store for SqliteStore {
     async fn commit_attempt(
         &self,
         claim: &Claim,
-        work: &dyn AttemptWork,
+        work: Arc<dyn AttemptWork>,
     ) -> Result<AttemptOutcome, StoreError> {
-        let id = claim.trace_id.to_string();
-        let mut writer = self.inner.writer.lock().await;
-        let mut tx = writer.begin().await?;
-        let now = now_millis();
-        // The lease check comes first: a zombie attempt stops here, before any business write.
-        let ours = sqlx::query(
-            "UPDATE commands SET updated_at = $1
-             WHERE trace_id = $2 AND fence = $3 AND state = 'RUNNING'",
-        )
-        .bind(now)
-        .bind(&id)
-        .bind(claim.lease_token)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if ours == 0 {
-            return Ok(AttemptOutcome::Fenced);
-        }
-        let first_time = sqlx::query(
-            "INSERT INTO processed (trace_id, series, processed_at) VALUES ($1, $2, $3)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(&id)
-        .bind(claim.series)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if first_time == 0 {
-            tracing::warn!(trace.id = %claim.trace_id, "series already processed; not running it again");
-            return Ok(AttemptOutcome::Fenced);
-        }
-        let done = {
-            let mut view = SqliteTx { conn: &mut tx };
-            match work.run(&mut view).await {
-                Ok(done) => done,
-                Err(e) => return Ok(AttemptOutcome::Failed(e)),
-            }
+        let (reply, answer) = oneshot::channel();
+        let job = AttemptJob {
+            claim: claim.clone(),
+            work,
+            reply,
         };
-        for event in &done.outbox {
-            sqlx::query(
-                "INSERT INTO outbox (event_id, trace_id, event_type, payload, created_at)
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(event.event_id.to_string())
-            .bind(event.trace_id.to_string())
-            .bind(&event.event_type)
-            .bind(event.payload.to_string())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        sqlx::query("UPDATE commands SET result = $1, lease_expires_at = NULL WHERE trace_id = $2")
-            .bind(done.result.to_string())
-            .bind(&id)
-            .execute(&mut *tx)
-            .await?;
-        let events = append_events(
-            &mut tx,
-            claim.trace_id,
-            Some(TraceState::Succeeded),
-            now,
-            &done.events,
-        )
-        .await?;
-        tx.commit().await?;
-        self.inner.sink.committed(&events);
-        Ok(AttemptOutcome::Committed)
+        self.attempts
+            .send(job)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn record_failure(&self, claim: &Claim, failure: Failure) -> Result<bool, StoreError> {
@@ -618,7 +703,7 @@ impl Store for SqliteStore {
             Next::DeadLetter => (TraceState::DeadLettered, None, Some(failure.error.as_str())),
         };
         let ours = sqlx::query(
-            "UPDATE commands SET next_attempt_at = $1, lease_expires_at = NULL, error = $2,
+            "UPDATE commands SET state = $7, next_attempt_at = $1, lease_expires_at = NULL, error = $2,
                  attempt_errors = json_insert(attempt_errors, '$[#]',
                      json_object('attempt', attempts, 'at', $3, 'error', $4))
              WHERE trace_id = $5 AND fence = $6 AND state = 'RUNNING'",
@@ -629,6 +714,7 @@ impl Store for SqliteStore {
         .bind(&failure.error)
         .bind(&id)
         .bind(claim.lease_token)
+        .bind(state.as_str())
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -695,7 +781,7 @@ impl Store for SqliteStore {
         let mut tx = writer.begin().await?;
         let now = now_millis();
         let ours = sqlx::query(
-            "UPDATE commands SET attempts = attempts - 1, next_attempt_at = $1, lease_expires_at = NULL
+            "UPDATE commands SET state = 'RETRYING', attempts = attempts - 1, next_attempt_at = $1, lease_expires_at = NULL
              WHERE trace_id = $2 AND fence = $3 AND state = 'RUNNING'",
         )
         .bind(now)
