@@ -72,15 +72,7 @@ async fn create_order_answers_with_a_trace_id_that_runs_to_success() {
         detail["events"][0]["eventId"],
         published.event_id.to_string()
     );
-    assert_eq!(
-        count(
-            &app.dir,
-            "SELECT count(*) FROM orders WHERE trace_id = $1",
-            trace_id
-        )
-        .await,
-        1
-    );
+    assert_eq!(orders_of(&app.dir, trace_id).await, 1);
     app.stop().await;
 }
 

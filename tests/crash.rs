@@ -273,13 +273,5 @@ async fn a_crash_in_an_attempt_counts_as_an_attempt() {
             .any(|m| m.contains("attempt 1 lost its lease")),
         "{messages:?}"
     );
-    assert_eq!(
-        count(
-            &dir,
-            "SELECT count(*) FROM orders WHERE trace_id = $1",
-            &trace_id
-        )
-        .await,
-        1
-    );
+    assert_eq!(orders_of(&dir, &trace_id).await, 1);
 }

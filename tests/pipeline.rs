@@ -55,15 +55,7 @@ async fn technical_errors_retry_and_failed_attempts_leave_no_trace_in_the_data()
         retries[0]
     );
     // The two failed attempts wrote an order and announced OrderCreated; both rolled back.
-    assert_eq!(
-        count(
-            &app.dir,
-            "SELECT count(*) FROM orders WHERE trace_id = $1",
-            &trace_id
-        )
-        .await,
-        1
-    );
+    assert_eq!(orders_of(&app.dir, &trace_id).await, 1);
     assert_eq!(
         count(
             &app.dir,
@@ -109,15 +101,7 @@ async fn exhausted_retries_become_one_faithful_dead_letter_that_can_be_replayed(
             .contains("dead-lettered"),
         "{verdict}"
     );
-    assert_eq!(
-        count(
-            &app.dir,
-            "SELECT count(*) FROM orders WHERE trace_id = $1",
-            &trace_id
-        )
-        .await,
-        0
-    );
+    assert_eq!(orders_of(&app.dir, &trace_id).await, 0);
 
     let q = "{ deadLetters { items { traceId commandType payload attempts series history lastError replayedAt } nextToken } }";
     let page = app.gql(ALICE, q, json!({})).await;
@@ -177,15 +161,7 @@ async fn exhausted_retries_become_one_faithful_dead_letter_that_can_be_replayed(
         (Some(2), Some(1))
     );
     assert_seqs_strictly_increase(&trace);
-    assert_eq!(
-        count(
-            &app.dir,
-            "SELECT count(*) FROM orders WHERE trace_id = $1",
-            &trace_id
-        )
-        .await,
-        1
-    );
+    assert_eq!(orders_of(&app.dir, &trace_id).await, 1);
     let page = app.gql(ALICE, q, json!({})).await;
     assert!(page["data"]["deadLetters"]["items"][0]["replayedAt"].is_string());
     app.stop().await;
@@ -270,15 +246,7 @@ async fn a_zombie_attempts_late_commit_is_fenced_off() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(
-        count(
-            &app.dir,
-            "SELECT count(*) FROM orders WHERE trace_id = $1",
-            &trace_id
-        )
-        .await,
-        1
-    );
+    assert_eq!(orders_of(&app.dir, &trace_id).await, 1);
     let after = app.trace(ALICE, &trace_id).await;
     assert_eq!(after["state"], "SUCCEEDED");
     assert_eq!(
@@ -310,15 +278,7 @@ async fn graceful_shutdown_releases_in_flight_work_without_counting_it() {
             .contains("released at shutdown")),
         "{trace}"
     );
-    assert_eq!(
-        count(
-            &app.dir,
-            "SELECT count(*) FROM orders WHERE trace_id = $1",
-            &trace_id
-        )
-        .await,
-        1
-    );
+    assert_eq!(orders_of(&app.dir, &trace_id).await, 1);
     app.stop().await;
 }
 

@@ -180,6 +180,16 @@ pub async fn count(dir: &std::path::Path, sql: &'static str, trace_id: &str) -> 
         .expect("count query")
 }
 
+/// How many orders a trace wrote (G3: exactly one for a successful createOrder).
+pub async fn orders_of(dir: &std::path::Path, trace_id: &str) -> i64 {
+    count(
+        dir,
+        "SELECT count(*) FROM orders WHERE trace_id = $1",
+        trace_id,
+    )
+    .await
+}
+
 /// A `graphql-transport-ws` (or legacy `graphql-ws`) client.
 pub struct WsClient {
     pub ws: tokio_tungstenite::WebSocketStream<
