@@ -113,6 +113,9 @@ pub enum Next {
 #[derive(Debug, Clone)]
 pub struct Failure {
     pub next: Next,
+    /// Taken over by the sweeper: applies only if the lease is still expired (a heartbeat may
+    /// have renewed it since the sweeper looked).
+    pub lease_expired: bool,
     pub error: String,
     pub events: Vec<NewTraceEvent>,
 }
@@ -155,7 +158,8 @@ pub trait Store: Send + Sync + 'static {
     async fn next_due(&self) -> Result<Option<Millis>, StoreError>;
     /// Extends a lease that is still ours; false when it is not.
     async fn heartbeat(&self, claim: &Claim, lease_ms: i64) -> Result<bool, StoreError>;
-    /// Runs `work` in one transaction fenced by the claim's lease token (G3).
+    /// Runs `work` in one transaction fenced by the claim's lease token and the lease's expiry
+    /// (G3): an attempt whose lease ran out commits nothing, even before the sweeper noticed.
     /// Concurrent attempts may share one commit; each still commits or rolls back alone.
     async fn commit_attempt(
         &self,

@@ -164,12 +164,11 @@ async fn kill_9_mid_load_loses_nothing_and_duplicates_nothing() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     server.kill9();
-    let at_kill = accepted.lock().unwrap().len();
+    // Answers already on the wire may still be read after the kill: they count as accepted.
     for c in clients {
         c.await.unwrap();
     }
     let accepted: Vec<String> = accepted.lock().unwrap().clone();
-    assert_eq!(accepted.len(), at_kill, "no answers after the kill");
 
     let server = Server::start(&dir);
     let mut unique = HashSet::new();

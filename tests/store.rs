@@ -126,6 +126,7 @@ async fn a_lease_is_exclusive_and_a_stale_token_writes_nothing() {
     stale.lease_token -= 1;
     let failure = Failure {
         next: Next::Fail,
+        lease_expired: false,
         error: "x".into(),
         events: vec![NewTraceEvent::new(
             Component::ErrorHandler,
@@ -225,5 +226,47 @@ async fn attempts_sharing_a_commit_roll_back_alone() {
     assert!(matches!(
         again.unwrap(),
         tether::ports::AttemptOutcome::Fenced
+    ));
+}
+
+#[tokio::test]
+async fn an_expired_lease_commits_nothing_and_a_renewed_one_is_not_taken_over() {
+    let (store, _dir) = store().await;
+    store.accept(command("alice", None)).await.unwrap();
+    // A lease that is already over when it is granted: the attempt must not commit, even
+    // though no sweeper has taken it back yet.
+    let claim = store.claim(1, -1).await.unwrap().remove(0);
+    let work = Arc::new(WriteOrder {
+        trace_id: claim.trace_id,
+        fail: false,
+    });
+    assert!(matches!(
+        store.commit_attempt(&claim, work).await.unwrap(),
+        tether::ports::AttemptOutcome::Fenced
+    ));
+    // The sweeper saw it expired, but a heartbeat renews it before the takeover lands.
+    assert_eq!(store.expired_leases(10).await.unwrap().len(), 1);
+    assert!(store.heartbeat(&claim, 10_000).await.unwrap());
+    let takeover = Failure {
+        next: Next::Retry { at: 0 },
+        lease_expired: true,
+        error: "lost".into(),
+        events: vec![NewTraceEvent::new(
+            Component::ErrorHandler,
+            Status::Error,
+            "lost",
+        )],
+    };
+    assert!(
+        !store.record_failure(&claim, takeover).await.unwrap(),
+        "a live lease was taken over"
+    );
+    let work = Arc::new(WriteOrder {
+        trace_id: claim.trace_id,
+        fail: false,
+    });
+    assert!(matches!(
+        store.commit_attempt(&claim, work).await.unwrap(),
+        tether::ports::AttemptOutcome::Committed
     ));
 }

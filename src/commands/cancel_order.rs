@@ -31,7 +31,7 @@ impl Invokable for CancelOrder {
                 &[SqlArg::from(order_id.as_str())],
             )
             .await
-            .map_err(|e| CommandError::technical(format!("reading the order failed: {e}")))?;
+            .map_err(|e| super::db_error("reading the order", e))?;
         let status = match row.as_ref().and_then(|r| r.first()).and_then(Value::as_str) {
             None => {
                 return Err(CommandError::business(
@@ -62,7 +62,7 @@ impl Invokable for CancelOrder {
                 &[SqlArg::Int(now_millis()), SqlArg::from(order_id.as_str())],
             )
             .await
-            .map_err(|e| CommandError::technical(format!("cancelling the order failed: {e}")))?;
+            .map_err(|e| super::db_error("cancelling the order", e))?;
         let reason = ctx.input.get("reason").cloned().unwrap_or(Value::Null);
         ctx.emit(
             "OrderCancelled",

@@ -106,7 +106,7 @@ impl Invokable for CreateOrder {
                 ],
             )
             .await
-            .map_err(|e| CommandError::technical(format!("writing the order failed: {e}")))?;
+            .map_err(|e| super::db_error("writing the order", e))?;
         ctx.emit(
             "OrderCreated",
             json!({"orderId": order_id, "customerId": customer_id, "totalCents": total_cents, "items": items}),

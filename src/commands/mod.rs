@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::domain::ValidationError;
-use crate::ports::Invokable;
+use crate::domain::{CommandError, ValidationError};
+use crate::ports::{Invokable, StoreError};
 
 pub use cancel_order::CancelOrder;
 pub use create_order::CreateOrder;
@@ -46,4 +46,14 @@ fn required_str<'a>(input: &'a Value, field: &str, max: usize) -> Result<&'a str
         ));
     }
     Ok(s)
+}
+
+/// A database failure inside a command: technical (retried). The details stay in the log,
+/// under a reference; the trace, which clients read, gets only the reference.
+fn db_error(what: &str, e: StoreError) -> CommandError {
+    let reference = uuid::Uuid::new_v4();
+    tracing::error!(error = %e, error.reference = %reference, "{what} failed");
+    CommandError::technical(format!(
+        "{what} failed: database error (reference {reference})"
+    ))
 }

@@ -30,7 +30,7 @@ impl Invokable for ShipOrder {
                 &[SqlArg::Int(now_millis()), SqlArg::from(order_id.as_str())],
             )
             .await
-            .map_err(|e| CommandError::technical(format!("shipping the order failed: {e}")))?;
+            .map_err(|e| super::db_error("shipping the order", e))?;
         if changed == 0 {
             return Err(CommandError::business(
                 "ORDER_NOT_SHIPPABLE",

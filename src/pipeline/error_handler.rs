@@ -53,7 +53,10 @@ impl ErrorHandler {
         let report =
             NewTraceEvent::new(Component::TransactionManager, Status::Error, error.clone())
                 .attempt(claim.attempt);
-        self.decide(claim, false, error, report)
+        Failure {
+            lease_expired: true,
+            ..self.decide(claim, false, error, report)
+        }
     }
 
     fn decide(
@@ -105,6 +108,7 @@ impl ErrorHandler {
         };
         Failure {
             next,
+            lease_expired: false,
             error,
             events: vec![report, verdict.attempt(claim.attempt)],
         }

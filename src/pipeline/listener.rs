@@ -42,7 +42,14 @@ impl Pipeline {
                             });
                         }
                     }
-                    Err(e) => tracing::error!(error = %e, "claim failed"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "claim failed");
+                        tokio::select! {
+                            _ = cancel.cancelled() => break,
+                            _ = tokio::time::sleep(poll) => {}
+                        }
+                        continue;
+                    }
                 }
             }
             if claimed > 0 && claimed == free {

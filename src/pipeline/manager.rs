@@ -139,6 +139,19 @@ impl Pipeline {
     }
 }
 
+/// Results up to this size are repeated in the `Command SUCCESS` event; larger ones stay on
+/// the trace only, so the event fits a subscription message (240 KB).
+const MAX_RESULT_IN_EVENT: usize = 16 * 1024;
+
+fn result_detail(result: &serde_json::Value) -> serde_json::Value {
+    let size = result.to_string().len();
+    if size <= MAX_RESULT_IN_EVENT {
+        result.clone()
+    } else {
+        serde_json::json!({ "truncated": true, "bytes": size, "see": "trace.result" })
+    }
+}
+
 /// The transactional part of an attempt: the command, then the EventCollector.
 struct Attempt {
     claim: Claim,
@@ -183,7 +196,7 @@ impl AttemptWork for Attempt {
                 format!("{} done", claim.command_type),
             )
             .attempt(attempt)
-            .detail(result.clone()),
+            .detail(result_detail(&result)),
             collected.attempt(attempt),
             NewTraceEvent::new(
                 Component::TransactionManager,

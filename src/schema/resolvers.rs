@@ -328,7 +328,25 @@ pub fn subscription(doc: &SchemaDoc, f: &FieldDef) -> Result<SubscriptionField, 
             "Subscription.{name} has no @aws_subscribe(mutations: [...])"
         )));
     }
-    let owned = name == "onTraceEvent";
+    // Every subscription fed by trace events is owner-checked and must name its trace.
+    let owned = doc
+        .routes()
+        .get(TRACE_EVENT_MUTATION)
+        .is_some_and(|f| f.contains(&name));
+    let has_trace_arg = f
+        .arguments
+        .iter()
+        .any(|a| a.node.name.node == "traceId" && !a.node.ty.node.nullable);
+    if owned && !has_trace_arg {
+        return Err(SchemaError::Mismatch(format!(
+            "Subscription.{name} receives trace events, so it needs a `traceId: ID!` argument"
+        )));
+    }
+    if name == "onTraceEvent" && !owned {
+        return Err(SchemaError::Mismatch(format!(
+            "Subscription.onTraceEvent must be @aws_subscribe(mutations: [\"{TRACE_EVENT_MUTATION}\"])"
+        )));
+    }
     // async-graphql drops field errors inside subscription items, so a non-null field the
     // publisher did not select is caught here, as AppSync reports it: an error, not a hole.
     let return_type = super::base_name(&f.ty.node).to_string();
@@ -337,16 +355,6 @@ pub fn subscription(doc: &SchemaDoc, f: &FieldDef) -> Result<SubscriptionField, 
         .filter(|field| !field.ty.node.nullable)
         .map(|field| field.name.node.to_string())
         .collect();
-    if owned
-        && !doc
-            .routes()
-            .get(TRACE_EVENT_MUTATION)
-            .is_some_and(|f| f.contains(&name))
-    {
-        return Err(SchemaError::Mismatch(format!(
-            "Subscription.onTraceEvent must be @aws_subscribe(mutations: [\"{TRACE_EVENT_MUTATION}\"])"
-        )));
-    }
     Ok(SubscriptionField::new(
         f.name.node.as_str(),
         type_ref(&f.ty.node),
@@ -357,17 +365,24 @@ pub fn subscription(doc: &SchemaDoc, f: &FieldDef) -> Result<SubscriptionField, 
             SubscriptionFieldFuture::new(async move {
                 let s = services(&ctx)?;
                 let who = principal(&ctx)?;
-                if owned {
-                    let id = arg_str(&ctx, "traceId").unwrap_or("");
-                    if readable_trace(s, who, id).await?.is_none() {
-                        return Err(errors::not_found(id));
-                    }
-                }
-                let filters: Vec<(String, Value)> = ctx
+                let mut filters: Vec<(String, Value)> = ctx
                     .args
                     .iter()
                     .map(|(k, v)| (k.to_string(), plain_json(v.as_value())))
                     .collect();
+                if owned {
+                    let id = arg_str(&ctx, "traceId").unwrap_or("");
+                    let Some(trace) = readable_trace(s, who, id).await? else {
+                        return Err(errors::not_found(id));
+                    };
+                    // Events carry the canonical form of the ID; filter on that, whatever
+                    // spelling of the UUID the client used.
+                    for (k, v) in &mut filters {
+                        if k == "traceId" {
+                            *v = Value::String(trace.trace_id.to_string());
+                        }
+                    }
+                }
                 let required: Vec<String> = ctx
                     .field()
                     .selection_set()

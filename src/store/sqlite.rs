@@ -13,11 +13,13 @@
 //!   writer is still held, so the hub sees events in commit order and per-trace sequence
 //!   numbers reach subscribers in order (G5).
 
+use std::panic::AssertUnwindSafe;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::FutureExt;
 use serde_json::Value;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -278,7 +280,8 @@ async fn attempt_in(
 ) -> Result<(AttemptOutcome, Vec<TraceEvent>), StoreError> {
     let id = claim.trace_id.to_string();
     let ours = sqlx::query(
-        "UPDATE commands SET updated_at = $1 WHERE trace_id = $2 AND fence = $3 AND state = 'RUNNING'",
+        "UPDATE commands SET updated_at = $1
+         WHERE trace_id = $2 AND fence = $3 AND state = 'RUNNING' AND lease_expires_at >= $1",
     )
     .bind(now)
     .bind(&id)
@@ -302,9 +305,17 @@ async fn attempt_in(
         tracing::warn!(trace.id = %claim.trace_id, "series already processed; not running it again");
         return Ok((AttemptOutcome::Fenced, Vec::new()));
     }
-    let done = match work.run(&mut SqliteTx { conn: &mut *conn }).await {
-        Ok(done) => done,
-        Err(e) => return Ok((AttemptOutcome::Failed(e), Vec::new())),
+    // A panicking command must not take the committer task down with it.
+    let mut view = SqliteTx { conn: &mut *conn };
+    let run = AssertUnwindSafe(work.run(&mut view)).catch_unwind();
+    let done = match run.await {
+        Ok(Ok(done)) => done,
+        Ok(Err(e)) => return Ok((AttemptOutcome::Failed(e), Vec::new())),
+        Err(_) => {
+            tracing::error!(trace.id = %claim.trace_id, "the command panicked");
+            let e = crate::domain::CommandError::technical("the command panicked");
+            return Ok((AttemptOutcome::Failed(e), Vec::new()));
+        }
     };
     for event in &done.outbox {
         sqlx::query(
@@ -706,7 +717,8 @@ impl Store for SqliteStore {
             "UPDATE commands SET state = $7, next_attempt_at = $1, lease_expires_at = NULL, error = $2,
                  attempt_errors = json_insert(attempt_errors, '$[#]',
                      json_object('attempt', attempts, 'at', $3, 'error', $4))
-             WHERE trace_id = $5 AND fence = $6 AND state = 'RUNNING'",
+             WHERE trace_id = $5 AND fence = $6 AND state = 'RUNNING'
+                 AND ($8 = 0 OR lease_expires_at < $3)",
         )
         .bind(next_at)
         .bind(error)
@@ -715,6 +727,7 @@ impl Store for SqliteStore {
         .bind(&id)
         .bind(claim.lease_token)
         .bind(state.as_str())
+        .bind(failure.lease_expired)
         .execute(&mut *tx)
         .await?
         .rows_affected();

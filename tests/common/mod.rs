@@ -275,6 +275,15 @@ impl TestApp {
         resp.json().await.expect("health JSON")
     }
 
+    /// Waits until the emitter has published `n` outbox events.
+    pub async fn wait_published(&self, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.health().await["executor"]["published"].as_u64() < Some(n) {
+            assert!(Instant::now() < deadline, "never published {n} events");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Waits until the hub holds `n` subscribers (a subscribe has no ack in graphql-transport-ws).
     pub async fn wait_subscribers(&self, n: u64) {
         let deadline = Instant::now() + Duration::from_secs(10);
