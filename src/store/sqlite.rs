@@ -13,6 +13,7 @@
 //!   writer is still held, so the hub sees events in commit order and per-trace sequence
 //!   numbers reach subscribers in order (G5).
 
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -37,6 +38,8 @@ use crate::ports::{
 
 /// How many accepts one group commit may carry.
 const MAX_ACCEPT_BATCH: usize = 512;
+/// Rows per multi-row `INSERT` in a group commit.
+const ACCEPT_ROWS_PER_STATEMENT: usize = 128;
 /// How many finished attempts one group commit may carry.
 const MAX_ATTEMPT_BATCH: usize = 64;
 
@@ -137,10 +140,29 @@ impl Inner {
         let mut tx = writer.begin().await?;
         let now = now_millis();
         let mut results = Vec::with_capacity(commands.len());
-        let mut events = Vec::with_capacity(commands.len());
+        // New traces, written together below; (owner, key) → index, for duplicates within
+        // the batch itself.
+        let mut fresh: Vec<(&NewCommand, String)> = Vec::with_capacity(commands.len());
+        let mut keyed: HashMap<(&str, &str), usize> = HashMap::new();
         for cmd in commands {
             let payload = cmd.payload.to_string();
             if let Some(key) = &cmd.idempotency_key {
+                let same = |command_type: &str, old_payload: &str| {
+                    command_type == cmd.command_type && old_payload == payload
+                };
+                if let Some(&i) = keyed.get(&(cmd.owner.as_str(), key.as_str())) {
+                    let (first, first_payload) = &fresh[i];
+                    results.push(if same(&first.command_type, first_payload) {
+                        Ok(Accepted {
+                            trace_id: first.trace_id,
+                            accepted_at: now,
+                            created: false,
+                        })
+                    } else {
+                        Err(StoreError::IdempotencyConflict(first.trace_id))
+                    });
+                    continue;
+                }
                 let existing: Option<(String, String, String, i64)> = sqlx::query_as(
                     "SELECT trace_id, command_type, payload, created_at FROM commands
                      WHERE owner = $1 AND idempotency_key = $2",
@@ -151,61 +173,69 @@ impl Inner {
                 .await?;
                 if let Some((trace_id, command_type, old_payload, created_at)) = existing {
                     let trace_id = parse_trace_id(&trace_id)?;
-                    results.push(
-                        if command_type == cmd.command_type && old_payload == payload {
-                            Ok(Accepted {
-                                trace_id,
-                                accepted_at: created_at,
-                                created: false,
-                            })
-                        } else {
-                            Err(StoreError::IdempotencyConflict(trace_id))
-                        },
-                    );
+                    results.push(if same(&command_type, &old_payload) {
+                        Ok(Accepted {
+                            trace_id,
+                            accepted_at: created_at,
+                            created: false,
+                        })
+                    } else {
+                        Err(StoreError::IdempotencyConflict(trace_id))
+                    });
                     continue;
                 }
+                keyed.insert((cmd.owner.as_str(), key.as_str()), fresh.len());
             }
-            // A new trace: its first event is seq 1, so the counter starts there.
-            let id = cmd.trace_id.to_string();
-            sqlx::query(
-                "INSERT INTO commands (trace_id, command_type, payload, owner, idempotency_key,
-                     state, next_attempt_at, last_seq, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, 'PENDING', $6, 1, $6, $6)",
-            )
-            .bind(&id)
-            .bind(&cmd.command_type)
-            .bind(&payload)
-            .bind(&cmd.owner)
-            .bind(&cmd.idempotency_key)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            let message = format!("{} accepted", cmd.command_type);
-            sqlx::query(
-                "INSERT INTO trace_events (trace_id, seq, component, status, message, state, at)
-                 VALUES ($1, 1, 'CommandApi', 'ACCEPTED', $2, 'PENDING', $3)",
-            )
-            .bind(&id)
-            .bind(&message)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            events.push(TraceEvent {
-                trace_id: cmd.trace_id,
-                seq: 1,
-                component: Component::CommandApi,
-                status: Status::Accepted,
-                at: now,
-                attempt: None,
-                message: Some(message),
-                detail: None,
-                state: TraceState::Pending,
-            });
             results.push(Ok(Accepted {
                 trace_id: cmd.trace_id,
                 accepted_at: now,
                 created: true,
             }));
+            fresh.push((cmd, payload));
+        }
+        // Two multi-row statements per chunk, instead of two statements per command: on one
+        // writer connection, statements are what accepts wait for once commits are shared.
+        let mut events = Vec::with_capacity(fresh.len());
+        for chunk in fresh.chunks(ACCEPT_ROWS_PER_STATEMENT) {
+            let mut insert_commands = sqlx::query(sqlx::AssertSqlSafe(values_sql(
+                "INSERT INTO commands (trace_id, command_type, payload, owner, idempotency_key,
+                     state, next_attempt_at, last_seq, created_at, updated_at) VALUES ",
+                chunk.len(),
+                5,
+                "'PENDING', $N, 1, $N, $N",
+            )))
+            .bind(now);
+            let mut insert_events = sqlx::query(sqlx::AssertSqlSafe(values_sql(
+                "INSERT INTO trace_events (trace_id, message, seq, component, status, state, at) VALUES ",
+                chunk.len(),
+                2,
+                "1, 'CommandApi', 'ACCEPTED', 'PENDING', $N",
+            )))
+            .bind(now);
+            for (cmd, payload) in chunk {
+                let id = cmd.trace_id.to_string();
+                let message = format!("{} accepted", cmd.command_type);
+                insert_commands = insert_commands
+                    .bind(id.clone())
+                    .bind(cmd.command_type.clone())
+                    .bind(payload.clone())
+                    .bind(cmd.owner.clone())
+                    .bind(cmd.idempotency_key.clone());
+                insert_events = insert_events.bind(id).bind(message.clone());
+                events.push(TraceEvent {
+                    trace_id: cmd.trace_id,
+                    seq: 1,
+                    component: Component::CommandApi,
+                    status: Status::Accepted,
+                    at: now,
+                    attempt: None,
+                    message: Some(message),
+                    detail: None,
+                    state: TraceState::Pending,
+                });
+            }
+            insert_commands.execute(&mut *tx).await?;
+            insert_events.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         self.sink.committed(&events);
@@ -345,6 +375,25 @@ async fn attempt_in(
     )
     .await?;
     Ok((AttemptOutcome::Committed, events))
+}
+
+/// `prefix (…),(…)` for `rows` rows: each row binds `per_row` values of its own, then `tail`,
+/// whose `$N` all mean the one value bound first (`$1`, shared by every row).
+fn values_sql(prefix: &str, rows: usize, per_row: usize, tail: &str) -> String {
+    let tail = tail.replace("$N", "$1");
+    let mut sql = String::from(prefix);
+    for r in 0..rows {
+        if r > 0 {
+            sql.push(',');
+        }
+        sql.push('(');
+        for c in 0..per_row {
+            sql.push_str(&format!("${}, ", 2 + r * per_row + c));
+        }
+        sql.push_str(&tail);
+        sql.push(')');
+    }
+    sql
 }
 
 /// Appends events to a trace: bumps its sequence counter (and state, if given) and inserts the
