@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -207,7 +208,12 @@ impl Application {
     /// flight (up to the grace period; what is left is taken back by lease expiry later).
     pub async fn run(self) -> anyhow::Result<()> {
         let shutdown = self.shutdown.clone();
-        axum::serve(self.listener, self.router)
+        // Trace events go out back to back; without TCP_NODELAY the later frames wait ~40 ms
+        // for the client's delayed ACK.
+        let listener = self.listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(listener, self.router)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await?;
         self.shutdown.cancel();
