@@ -134,6 +134,22 @@ impl Opts {
 #[derive(Default)]
 struct Errors(Mutex<BTreeMap<String, u64>>);
 
+/// Waits for load tasks that each return their request latencies; a task that died is
+/// counted as an error, not a panic of the whole run.
+async fn join_latencies(
+    tasks: Vec<tokio::task::JoinHandle<Vec<Duration>>>,
+    errors: &Errors,
+) -> Vec<Duration> {
+    let mut latencies = Vec::new();
+    for task in tasks {
+        match task.await {
+            Ok(l) => latencies.extend(l),
+            Err(e) => errors.add(format!("task: {e}")),
+        }
+    }
+    latencies
+}
+
 impl Errors {
     fn add(&self, kind: impl Into<String>) {
         let mut kind: String = kind.into();
@@ -584,13 +600,7 @@ async fn raw_inserts(
             })
         })
         .collect();
-    let mut latencies = Vec::new();
-    for task in tasks {
-        match task.await {
-            Ok(l) => latencies.extend(l),
-            Err(e) => errors.add(format!("task: {e}")),
-        }
-    }
+    let mut latencies = join_latencies(tasks, &errors).await;
     let elapsed = start.elapsed();
     if let RawTarget::Pool(pool) = target {
         pool.close().await;
@@ -645,13 +655,7 @@ async fn run_accepts(addr: SocketAddr, concurrency: usize, duration: Duration) -
             })
         })
         .collect();
-    let mut latencies = Vec::new();
-    for task in tasks {
-        match task.await {
-            Ok(l) => latencies.extend(l),
-            Err(e) => errors.add(format!("task: {e}")),
-        }
-    }
+    let mut latencies = join_latencies(tasks, &errors).await;
     let elapsed = start.elapsed();
     latencies.sort();
     AcceptRun {

@@ -35,9 +35,7 @@ pub struct Application {
     attempts: TaskTracker,
     grace: Duration,
     pipeline: Pipeline,
-    store: Arc<dyn Store>,
     bus: EventBus,
-    hub: Arc<Hub>,
     /// The generated embedded-mode key, when no key was configured.
     generated_key: Option<String>,
 }
@@ -158,9 +156,7 @@ impl Application {
             attempts,
             grace: Duration::from_millis(config.shutdown_grace_ms),
             pipeline,
-            store,
             bus,
-            hub,
             generated_key,
         })
     }
@@ -188,20 +184,8 @@ impl Application {
         &self.bus
     }
 
-    pub fn hub(&self) -> &Arc<Hub> {
-        &self.hub
-    }
-
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
-    }
-
     pub fn stats(&self) -> &Arc<Stats> {
         self.pipeline.stats()
-    }
-
-    pub fn pipeline(&self) -> &Pipeline {
-        &self.pipeline
     }
 
     /// Serves until the shutdown token is cancelled, then drains: HTTP first, then attempts in

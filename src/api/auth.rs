@@ -49,10 +49,6 @@ impl Authenticator {
             .collect()
     }
 
-    pub fn is_open(&self) -> bool {
-        self.open
-    }
-
     /// The principal a key belongs to.
     pub fn check_key(&self, key: Option<&str>) -> Option<Principal> {
         if self.open {

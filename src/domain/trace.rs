@@ -81,6 +81,8 @@ string_enum! {
 
 string_enum! {
     /// The overall state of a trace, derived from its events and kept on the command row.
+    /// `SUCCEEDED` and `FAILED` are final; `DEAD_LETTERED` is parked until an explicit
+    /// `replayDeadLetter` starts a new attempt series.
     TraceState {
         Pending = "PENDING",
         Running = "RUNNING",
@@ -88,18 +90,6 @@ string_enum! {
         Succeeded = "SUCCEEDED",
         Failed = "FAILED",
         DeadLettered = "DEAD_LETTERED",
-    }
-}
-
-impl TraceState {
-    /// Succeeded and failed are final. A dead letter is parked: only an explicit
-    /// `replayDeadLetter` starts it again, as a new attempt series.
-    pub fn is_final(&self) -> bool {
-        matches!(self, TraceState::Succeeded | TraceState::Failed)
-    }
-
-    pub fn is_terminal(&self) -> bool {
-        self.is_final() || *self == TraceState::DeadLettered
     }
 }
 
