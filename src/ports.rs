@@ -31,6 +31,8 @@ pub enum StoreError {
     Failed(String),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
     #[error("corrupt row: {0}")]
     Corrupt(String),
 }
