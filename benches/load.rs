@@ -80,6 +80,8 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 struct Opts {
     quick: bool,
+    /// `--only subs`: run just the idle-subscription phase (never written to BENCHMARKS.md).
+    only_subs: bool,
     write: bool,
     keep: bool,
     /// Length of the raw-insert and accept phases.
@@ -103,13 +105,19 @@ impl Opts {
         let quick = has("--quick");
         for a in &args {
             // `cargo bench` passes `--bench` to every bench binary.
-            if !["--quick", "--write", "--no-write", "--keep", "--bench"].contains(&a.as_str()) {
+            if !["--quick", "--write", "--no-write", "--keep", "--bench", "--only", "subs"]
+                .contains(&a.as_str())
+            {
                 eprintln!("load: ignoring unknown argument {a:?}");
             }
         }
+        let only_subs = args.windows(2).any(|w| w[0] == "--only" && w[1] == "subs");
         Opts {
             quick,
-            write: if quick {
+            only_subs,
+            write: if only_subs {
+                false
+            } else if quick {
                 has("--write")
             } else {
                 !has("--no-write")
@@ -916,6 +924,7 @@ struct E2eRun {
     history: u64,
     /// Seen only by re-reading the history after a second without it arriving live.
     repoll: u64,
+    gap_fill: u64,
     errors: Errors,
 }
 
@@ -938,6 +947,7 @@ async fn run_e2e(addr: SocketAddr, clients: usize, commands: usize) -> E2eRun {
                 run.live += r.live;
                 run.history += r.history;
                 run.repoll += r.repoll;
+                run.gap_fill += r.gap_fill;
             }
             Ok(Err(e)) => errors.add(e),
             Err(e) => errors.add(format!("task: {e}")),
@@ -954,6 +964,10 @@ async fn run_e2e(addr: SocketAddr, clients: usize, commands: usize) -> E2eRun {
 enum SeenBy {
     Live,
     History,
+    /// Read from the history after a live event showed a gap in the sequence numbers: the
+    /// event was committed after the first history read but before the subscription was
+    /// registered on the server (graphql-transport-ws has no acknowledgement for `subscribe`).
+    GapFill,
     Repoll,
 }
 
@@ -972,6 +986,10 @@ struct Waiting<'a> {
     /// The event's own (server clock) timestamp.
     success_at: Option<chrono::DateTime<chrono::FixedOffset>>,
     rejected: bool,
+    /// Highest sequence number known, from the history or live.
+    last_seq: i64,
+    /// A live event skipped sequence numbers: read the history again.
+    gap: bool,
 }
 
 impl<'a> Waiting<'a> {
@@ -981,6 +999,8 @@ impl<'a> Waiting<'a> {
             seen: None,
             success_at: None,
             rejected: false,
+            last_seq: 0,
+            gap: false,
         }
     }
 
@@ -992,11 +1012,32 @@ impl<'a> Waiting<'a> {
         }
     }
 
+    /// Reads a history answer: notes the SUCCESS event and the highest sequence number.
+    fn history(&mut self, data: &Value, by: SeenBy) {
+        let seqs = data
+            .get("traceEvents")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.get("seq").and_then(Value::as_i64));
+        self.last_seq = seqs.fold(self.last_seq, i64::max);
+        if let Some(event) = tm_success(data) {
+            self.note(Instant::now(), by, event);
+        }
+    }
+
     /// Takes one frame; true if the server asked for a pong.
     fn take(&mut self, at: Instant, frame: Frame, errors: &Errors) -> bool {
         match frame {
-            Frame::Event { id, event } if id == self.id && is_tm_success(&event) => {
-                self.note(at, SeenBy::Live, &event);
+            Frame::Event { id, event } if id == self.id => {
+                let seq = event.get("seq").and_then(Value::as_i64).unwrap_or(0);
+                if seq > self.last_seq + 1 {
+                    self.gap = true;
+                }
+                self.last_seq = self.last_seq.max(seq);
+                if is_tm_success(&event) {
+                    self.note(at, SeenBy::Live, &event);
+                }
             }
             Frame::Error { id, payload } if id == self.id => {
                 errors.add(format!("subscription error: {payload}"));
@@ -1061,11 +1102,7 @@ async fn e2e_client(
         )
         .await
         {
-            Ok(data) => {
-                if let Some(event) = tm_success(&data) {
-                    wait.note(Instant::now(), SeenBy::History, event);
-                }
-            }
+            Ok(data) => wait.history(&data, SeenBy::History),
             Err(e) => errors.add(format!("traceEvents: {e}")),
         }
         // Then live events: those already stamped, and new ones until the SUCCESS shows up.
@@ -1079,6 +1116,13 @@ async fn e2e_client(
             }
             if wait.seen.is_some() || wait.rejected {
                 break;
+            }
+            if std::mem::take(&mut wait.gap) {
+                match gql(&client, addr, USER_KEY, TRACE_EVENTS, json!({ "t": trace_id })).await {
+                    Ok(data) => wait.history(&data, SeenBy::GapFill),
+                    Err(e) => errors.add(format!("traceEvents: {e}")),
+                }
+                continue;
             }
             let now = Instant::now();
             if now >= deadline {
@@ -1119,6 +1163,7 @@ async fn e2e_client(
             match by {
                 SeenBy::Live => run.live += 1,
                 SeenBy::History => run.history += 1,
+                SeenBy::GapFill => run.gap_fill += 1,
                 SeenBy::Repoll => run.repoll += 1,
             }
         }
@@ -1588,12 +1633,13 @@ impl Report {
                     e2e.latencies.len()
                 ),
                 format!(
-                    "{} / {} (max {}; first seen live {}, in history {}, by re-poll {}; errors: {})",
+                    "{} / {} (max {}; first seen live {}, in history {}, by gap fill {}, by re-poll {}; errors: {})",
                     ms(percentile(&e2e.latencies, 50.0)),
                     ms(percentile(&e2e.latencies, 99.0)),
                     ms(percentile(&e2e.latencies, 100.0)),
                     e2e.live,
                     e2e.history,
+                    e2e.gap_fill,
                     e2e.repoll,
                     e2e.errors.summary()
                 ),
@@ -1797,7 +1843,10 @@ impl Report {
                  command: send `createOrder` (HTTP), subscribe to its trace, read \
                  `traceEvents` to catch up, and wait for the `TransactionManager` `SUCCESS` \
                  event from the history or live (frames are timestamped on arrival by a reader \
-                 task). Latency = mutation sent → that event first seen. If it has not shown \
+                 task). Latency = mutation sent → that event first seen. A live event whose \
+                 sequence number skips ahead means the history was read before the server \
+                 registered the subscription: the history is read again (counted as gap \
+                 fill; this is the G5 recipe a client follows). If the event has not shown \
                  up after 1 s, the history is re-read every 250 ms (counted as re-poll). \
                  Also shown: the server's own time from `acceptedAt` to the event's \
                  `timestamp` (server clock, ms precision) and the `createOrder` round trip.",
@@ -1975,49 +2024,59 @@ async fn main() -> anyhow::Result<()> {
     );
     eprintln!("load: {opts_note}");
 
-    eprintln!("load: (f) cold start …");
-    let cold = cold_starts(&dir, opts.cold_starts).await;
-
-    eprintln!("load: (a) raw SQLite inserts, pool …");
-    let raw_pool = raw_inserts(
-        &dir.join("raw-pool.db"),
-        RawMode::Pool,
-        opts.concurrency,
-        opts.duration,
-    )
-    .await
-    .map_err(|e| failures.push(format!("raw inserts (pool): {e:#}")))
-    .ok();
-    eprintln!("load: (a) raw SQLite inserts, one connection + mutex …");
-    let raw_mutex = raw_inserts(
-        &dir.join("raw-mutex.db"),
-        RawMode::Mutex,
-        opts.concurrency,
-        opts.duration,
-    )
-    .await
-    .map_err(|e| failures.push(format!("raw inserts (mutex): {e:#}")))
-    .ok();
-
     let mut crashed = Vec::new();
-    let (accepts, e2e) = match Server::start(&dir, "load").await {
-        Ok(mut server) => {
-            eprintln!("load: (b, c) accepts and drain on {} …", server.addr);
-            let accepts = accepts_and_drain(&server, &opts)
-                .await
-                .map_err(|e| failures.push(format!("accepts: {e:#}")))
-                .ok();
-            eprintln!("load: (d) end-to-end latency …");
-            let e2e = run_e2e(server.addr, opts.e2e_clients, opts.e2e_commands).await;
-            if let Some(status) = server.exited() {
-                crashed.push(format!("the load server exited during the run: {status}"));
+    let (cold, raw_pool, raw_mutex, accepts, e2e) = if opts.only_subs {
+        let cold = ColdStart {
+            times: Vec::new(),
+            rss_kib: Vec::new(),
+            errors: Errors::default(),
+        };
+        (cold, None, None, None, None)
+    } else {
+        eprintln!("load: (f) cold start …");
+        let cold = cold_starts(&dir, opts.cold_starts).await;
+
+        eprintln!("load: (a) raw SQLite inserts, pool …");
+        let raw_pool = raw_inserts(
+            &dir.join("raw-pool.db"),
+            RawMode::Pool,
+            opts.concurrency,
+            opts.duration,
+        )
+        .await
+        .map_err(|e| failures.push(format!("raw inserts (pool): {e:#}")))
+        .ok();
+        eprintln!("load: (a) raw SQLite inserts, one connection + mutex …");
+        let raw_mutex = raw_inserts(
+            &dir.join("raw-mutex.db"),
+            RawMode::Mutex,
+            opts.concurrency,
+            opts.duration,
+        )
+        .await
+        .map_err(|e| failures.push(format!("raw inserts (mutex): {e:#}")))
+        .ok();
+
+        let (accepts, e2e) = match Server::start(&dir, "load").await {
+            Ok(mut server) => {
+                eprintln!("load: (b, c) accepts and drain on {} …", server.addr);
+                let accepts = accepts_and_drain(&server, &opts)
+                    .await
+                    .map_err(|e| failures.push(format!("accepts: {e:#}")))
+                    .ok();
+                eprintln!("load: (d) end-to-end latency …");
+                let e2e = run_e2e(server.addr, opts.e2e_clients, opts.e2e_commands).await;
+                if let Some(status) = server.exited() {
+                    crashed.push(format!("the load server exited during the run: {status}"));
+                }
+                (accepts, Some(e2e))
             }
-            (accepts, Some(e2e))
-        }
-        Err(e) => {
-            failures.push(format!("starting the load server: {e:#}"));
-            (None, None)
-        }
+            Err(e) => {
+                failures.push(format!("starting the load server: {e:#}"));
+                (None, None)
+            }
+        };
+            (cold, raw_pool, raw_mutex, accepts, e2e)
     };
 
     let subs = match Server::start(&dir, "subs").await {

@@ -179,7 +179,7 @@ pub struct Config {
     )]
     pub connection_init_timeout_ms: u64,
     /// Read buffer per WebSocket connection (the stock one is 128 KiB).
-    #[arg(long, env = "TETHER_WS_READ_BUFFER", default_value_t = 1024)]
+    #[arg(long, env = "TETHER_WS_READ_BUFFER", default_value_t = 256)]
     pub ws_read_buffer: usize,
 
     /// How long shutdown waits for attempts in flight before leaving them to lease expiry.

@@ -3,6 +3,8 @@
 //! Every resolver checks who is asking: traces belong to the principal that submitted them
 //! (G7), and "not yours" gets the same answer as "not found".
 
+use std::sync::Arc;
+
 use async_graphql::dynamic::{
     Field, FieldFuture, FieldValue, ResolverContext, SubscriptionField, SubscriptionFieldFuture,
 };
@@ -320,6 +322,9 @@ pub fn mutation(f: &FieldDef) -> Result<Field, SchemaError> {
 
 /// A subscription fed by the hub. `onTraceEvent` also checks that the caller may read the
 /// trace before it subscribes.
+/// Owner lookups a subscription field runs at once (see `subscription`).
+const OWNER_LOOKUPS: usize = 16;
+
 pub fn subscription(doc: &SchemaDoc, f: &FieldDef) -> Result<SubscriptionField, SchemaError> {
     let name = f.name.node.to_string();
     let routed = doc.routes().values().any(|fields| fields.contains(&name));
@@ -349,12 +354,17 @@ pub fn subscription(doc: &SchemaDoc, f: &FieldDef) -> Result<SubscriptionField, 
     }
     // async-graphql drops field errors inside subscription items, so a non-null field the
     // publisher did not select is caught here, as AppSync reports it: an error, not a hole.
-    let return_type = super::base_name(&f.ty.node).to_string();
-    let non_null: Vec<String> = doc
+    // What every open subscription keeps is shared (Arc) or small: thousands stay open.
+    let return_type: Arc<str> = super::base_name(&f.ty.node).as_str().into();
+    let non_null: Arc<[String]> = doc
         .object_fields(&return_type)
         .filter(|field| !field.ty.node.nullable)
         .map(|field| field.name.node.to_string())
         .collect();
+    let name: Arc<str> = name.into();
+    // Owner lookups in flight at once: a burst of thousands of new subscriptions waits here
+    // cheaply instead of each holding a database query's state (and the memory it leaves).
+    let lookups = Arc::new(tokio::sync::Semaphore::new(OWNER_LOOKUPS));
     Ok(SubscriptionField::new(
         f.name.node.as_str(),
         type_ref(&f.ty.node),
@@ -362,6 +372,7 @@ pub fn subscription(doc: &SchemaDoc, f: &FieldDef) -> Result<SubscriptionField, 
             let name = name.clone();
             let non_null = non_null.clone();
             let return_type = return_type.clone();
+            let lookups = lookups.clone();
             SubscriptionFieldFuture::new(async move {
                 let s = services(&ctx)?;
                 let who = principal(&ctx)?;
@@ -372,6 +383,7 @@ pub fn subscription(doc: &SchemaDoc, f: &FieldDef) -> Result<SubscriptionField, 
                     .collect();
                 if owned {
                     let id = arg_str(&ctx, "traceId").unwrap_or("");
+                    let _permit = lookups.acquire().await.map_err(|e| errors::internal(&e))?;
                     let Some(trace) = readable_trace(s, who, id).await? else {
                         return Err(errors::not_found(id));
                     };
@@ -383,18 +395,20 @@ pub fn subscription(doc: &SchemaDoc, f: &FieldDef) -> Result<SubscriptionField, 
                         }
                     }
                 }
-                let required: Vec<String> = ctx
+                // Selected non-null fields, as indices into `non_null`.
+                let required: Box<[u16]> = ctx
                     .field()
                     .selection_set()
-                    .map(|f| f.name().to_owned())
-                    .filter(|f| non_null.contains(f))
+                    .filter_map(|f| non_null.iter().position(|n| n == f.name()))
+                    .map(|i| i as u16)
                     .collect();
                 let stream = s.hub.subscribe(&name, filters);
                 Ok(stream.map(move |item| match item {
                     Ok(payload) => {
                         let missing = required
                             .iter()
-                            .find(|f| payload.get(f.as_str()).is_none_or(Value::is_null));
+                            .map(|&i| non_null[i as usize].as_str())
+                            .find(|f| payload.get(*f).is_none_or(Value::is_null));
                         match missing {
                             Some(field) => Err(Error::new(format!(
                                 "Cannot return null for non-nullable type: '{field}' within parent \
