@@ -22,7 +22,7 @@ use crate::pipeline::command_api::CommandApi;
 use crate::pipeline::{ExecutorConfig, Pipeline, Registry, RetryPolicy, Stats};
 use crate::ports::Store;
 use crate::schema::{self, Limits, SchemaDoc, Services};
-use crate::store::SqliteStore;
+use crate::store::{PgStore, SqliteStore};
 
 pub struct Application {
     listener: TcpListener,
@@ -56,7 +56,7 @@ impl Application {
             config.subscription_buffer,
             config.max_message_bytes,
         );
-        let store: Arc<dyn Store> = Arc::new(open_store(&config, hub.clone()).await?);
+        let store: Arc<dyn Store> = open_store(&config, hub.clone()).await?;
 
         let mut keys = Authenticator::parse_keys(config.api_keys.expose(), false, "key-");
         keys.extend(Authenticator::parse_keys(
@@ -217,15 +217,19 @@ impl Application {
     }
 }
 
-async fn open_store(config: &Config, hub: Arc<Hub>) -> anyhow::Result<SqliteStore> {
+async fn open_store(config: &Config, hub: Arc<Hub>) -> anyhow::Result<Arc<dyn Store>> {
     let url = config.database_url.as_str();
     if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        anyhow::bail!(
-            "PostgreSQL is not supported by this build yet; use a sqlite:// DATABASE_URL"
-        );
+        return Ok(Arc::new(
+            PgStore::open(url, hub, config.accept_queue, config.db_pool_size).await?,
+        ));
     }
     if !url.starts_with("sqlite:") {
-        anyhow::bail!("DATABASE_URL must start with sqlite:// (got an unsupported scheme)");
+        anyhow::bail!(
+            "DATABASE_URL must start with sqlite:// or postgres:// (got an unsupported scheme)"
+        );
     }
-    Ok(SqliteStore::open(url, hub, config.accept_queue).await?)
+    Ok(Arc::new(
+        SqliteStore::open(url, hub, config.accept_queue).await?,
+    ))
 }

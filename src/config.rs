@@ -80,6 +80,10 @@ pub struct Config {
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://tether.db")]
     pub database_url: String,
 
+    /// Connections per process to PostgreSQL (unused for SQLite).
+    #[arg(long, env = "TETHER_DB_POOL_SIZE", default_value_t = 16)]
+    pub db_pool_size: u32,
+
     /// Schema file to serve instead of the built-in copy of `schema.graphql`.
     #[arg(long, env = "TETHER_SCHEMA")]
     pub schema: Option<PathBuf>,

@@ -1,5 +1,5 @@
-//! The Store contract, against the SQLite store (the PostgreSQL store joins these in its own
-//! issue): group commit, idempotency retention, claims and fencing.
+//! The Store contract, written once and run against both stores (`sqlite::…`, `postgres::…`):
+//! group commit, idempotency, back-pressure, claims, leases and fencing.
 
 mod common;
 
@@ -10,16 +10,23 @@ use common::*;
 use serde_json::json;
 use tether::domain::{Component, NewCommand, NewTraceEvent, Status, TraceId, now_millis};
 use tether::ports::{Failure, Next, Store, StoreError};
-use tether::store::SqliteStore;
 
-async fn store() -> (Arc<dyn Store>, std::path::PathBuf) {
-    let dir = scratch_dir("store");
+async fn store(backend: Backend) -> (Arc<dyn Store>, TestDb) {
+    let db = TestDb::new(backend, "store").await;
     let hub = tether::hub::Hub::new(HashMap::new(), 16, 240_000);
-    let store = SqliteStore::open(&sqlite_url(&dir), hub, 10_000)
-        .await
-        .unwrap();
-    (Arc::new(store), dir)
+    (db.store(hub, 10_000).await, db)
 }
+
+contract!(
+    concurrent_accepts_all_land_durably,
+    a_full_accept_queue_throttles_instead_of_growing,
+    idempotency_keys_are_forgotten_after_their_retention,
+    idempotency_keys_within_one_batch_name_one_trace,
+    a_lease_is_exclusive_and_a_stale_token_writes_nothing,
+    attempts_sharing_a_commit_roll_back_alone,
+    an_expired_lease_commits_nothing_and_a_renewed_one_is_not_taken_over,
+    concurrent_claimers_never_share_a_command,
+);
 
 fn command(owner: &str, key: Option<&str>) -> NewCommand {
     NewCommand {
@@ -31,31 +38,30 @@ fn command(owner: &str, key: Option<&str>) -> NewCommand {
     }
 }
 
-#[tokio::test]
-async fn concurrent_accepts_all_land_durably() {
-    let (store, dir) = store().await;
+async fn concurrent_accepts_all_land_durably(backend: Backend) {
+    let (store, db) = store(backend).await;
     let accepted = futures_util::future::join_all((0..500).map(|_| {
         let store = store.clone();
         async move { store.accept(command("alice", None)).await.unwrap() }
     }))
     .await;
-    let mut conn = db(&dir).await;
-    let (commands, events): (i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM commands), (SELECT count(*) FROM trace_events WHERE component = 'CommandApi')",
-    )
-    .fetch_one(&mut conn)
-    .await
-    .unwrap();
+    let commands = db
+        .scalar("SELECT count(*) FROM commands WHERE owner = $1", "alice")
+        .await;
+    let events = db
+        .scalar(
+            "SELECT count(*) FROM trace_events WHERE component = $1",
+            "CommandApi",
+        )
+        .await;
     assert_eq!((commands, events), (500, 500));
     assert!(accepted.iter().all(|a| a.created));
 }
 
-#[tokio::test]
-async fn a_full_accept_queue_throttles_instead_of_growing() {
-    let dir = scratch_dir("store-full");
+async fn a_full_accept_queue_throttles_instead_of_growing(backend: Backend) {
+    let db = TestDb::new(backend, "store-full").await;
     let hub = tether::hub::Hub::new(HashMap::new(), 16, 240_000);
-    let store: Arc<dyn Store> =
-        Arc::new(SqliteStore::open(&sqlite_url(&dir), hub, 1).await.unwrap());
+    let store = db.store(hub, 1).await;
     let results = futures_util::future::join_all((0..200).map(|_| {
         let store = store.clone();
         async move { store.accept(command("alice", None)).await }
@@ -77,9 +83,8 @@ async fn a_full_accept_queue_throttles_instead_of_growing() {
     );
 }
 
-#[tokio::test]
-async fn idempotency_keys_are_forgotten_after_their_retention() {
-    let (store, _dir) = store().await;
+async fn idempotency_keys_are_forgotten_after_their_retention(backend: Backend) {
+    let (store, _db) = store(backend).await;
     let first = store.accept(command("alice", Some("k"))).await.unwrap();
     let again = store.accept(command("alice", Some("k"))).await.unwrap();
     assert_eq!((again.trace_id, again.created), (first.trace_id, false));
@@ -112,9 +117,8 @@ async fn idempotency_keys_are_forgotten_after_their_retention() {
     assert_ne!(later.trace_id, first.trace_id);
 }
 
-#[tokio::test]
-async fn a_lease_is_exclusive_and_a_stale_token_writes_nothing() {
-    let (store, _dir) = store().await;
+async fn a_lease_is_exclusive_and_a_stale_token_writes_nothing(backend: Backend) {
+    let (store, _db) = store(backend).await;
     let accepted = store.accept(command("alice", None)).await.unwrap();
     let claims = store.claim(10, 10_000).await.unwrap();
     assert_eq!(claims.len(), 1);
@@ -180,9 +184,8 @@ impl tether::ports::AttemptWork for WriteOrder {
     }
 }
 
-#[tokio::test]
-async fn attempts_sharing_a_commit_roll_back_alone() {
-    let (store, dir) = store().await;
+async fn attempts_sharing_a_commit_roll_back_alone(backend: Backend) {
+    let (store, db) = store(backend).await;
     for _ in 0..40 {
         store.accept(command("alice", None)).await.unwrap();
     }
@@ -197,13 +200,13 @@ async fn attempts_sharing_a_commit_roll_back_alone() {
         async move { store.commit_attempt(claim, work).await.unwrap() }
     }))
     .await;
-    let mut conn = db(&dir).await;
     for (i, (claim, outcome)) in claims.iter().zip(outcomes).enumerate() {
-        let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE trace_id = $1")
-            .bind(claim.trace_id.to_string())
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
+        let orders = db
+            .scalar(
+                "SELECT count(*) FROM orders WHERE trace_id = $1",
+                &claim.trace_id.to_string(),
+            )
+            .await;
         let state = store.trace(claim.trace_id).await.unwrap().unwrap().state;
         if i % 2 == 0 {
             assert!(matches!(outcome, tether::ports::AttemptOutcome::Failed(_)));
@@ -229,9 +232,8 @@ async fn attempts_sharing_a_commit_roll_back_alone() {
     ));
 }
 
-#[tokio::test]
-async fn an_expired_lease_commits_nothing_and_a_renewed_one_is_not_taken_over() {
-    let (store, _dir) = store().await;
+async fn an_expired_lease_commits_nothing_and_a_renewed_one_is_not_taken_over(backend: Backend) {
+    let (store, _db) = store(backend).await;
     store.accept(command("alice", None)).await.unwrap();
     // A lease that is already over when it is granted: the attempt must not commit, even
     // though no sweeper has taken it back yet.
@@ -269,4 +271,57 @@ async fn an_expired_lease_commits_nothing_and_a_renewed_one_is_not_taken_over() 
         store.commit_attempt(&claim, work).await.unwrap(),
         tether::ports::AttemptOutcome::Committed
     ));
+}
+
+async fn idempotency_keys_within_one_batch_name_one_trace(backend: Backend) {
+    let (store, db) = store(backend).await;
+    // Concurrent accepts share group commits, so some of these land in the same batch.
+    let results = futures_util::future::join_all((0..50).map(|i| {
+        let store = store.clone();
+        async move {
+            let mut cmd = command("alice", Some("same-key"));
+            if i == 49 {
+                cmd.payload = json!({ "customerId": "someone else" });
+            }
+            store.accept(cmd).await
+        }
+    }))
+    .await;
+    let firsts: Vec<_> = results[..49].iter().map(|r| r.as_ref().unwrap()).collect();
+    assert_eq!(firsts.iter().filter(|a| a.created).count(), 1);
+    assert!(firsts.iter().all(|a| a.trace_id == firsts[0].trace_id));
+    assert!(matches!(
+        &results[49],
+        Err(StoreError::IdempotencyConflict(t)) if *t == firsts[0].trace_id
+    ));
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM commands WHERE idempotency_key = $1", "same-key")
+            .await,
+        1
+    );
+}
+
+async fn concurrent_claimers_never_share_a_command(backend: Backend) {
+    let (store, _db) = store(backend).await;
+    for _ in 0..200 {
+        store.accept(command("alice", None)).await.unwrap();
+    }
+    let batches = futures_util::future::join_all((0..8).map(|_| {
+        let store = store.clone();
+        async move {
+            let mut mine = Vec::new();
+            loop {
+                let claims = store.claim(7, 10_000).await.unwrap();
+                if claims.is_empty() {
+                    return mine;
+                }
+                mine.extend(claims.into_iter().map(|c| c.trace_id));
+            }
+        }
+    }))
+    .await;
+    let all: Vec<TraceId> = batches.into_iter().flatten().collect();
+    let distinct: std::collections::HashSet<_> = all.iter().collect();
+    assert_eq!(all.len(), 200, "every command claimed");
+    assert_eq!(distinct.len(), 200, "no command claimed twice");
 }

@@ -1,7 +1,7 @@
 //! A small migration runner: the SQL files under `migrations/<dialect>/` are compiled into the
 //! binary and applied in order, each in its own transaction, once.
 
-use sqlx::{Connection, SqliteConnection};
+use sqlx::{Connection, PgConnection, SqliteConnection};
 
 /// (version, name, SQL) for the SQLite dialect, in order.
 const SQLITE: &[(i64, &str, &str)] = &[(
@@ -9,6 +9,67 @@ const SQLITE: &[(i64, &str, &str)] = &[(
     "init",
     include_str!("../../migrations/sqlite/0001_init.sql"),
 )];
+
+/// (version, name, SQL) for the PostgreSQL dialect, in order.
+const POSTGRES: &[(i64, &str, &str)] = &[(
+    1,
+    "init",
+    include_str!("../../migrations/postgres/0001_init.sql"),
+)];
+
+/// Any number of processes may start at once against one database: an advisory lock makes
+/// one of them apply what is missing while the others wait, then find nothing to do.
+const POSTGRES_LOCK: i64 = 0x7e74_6865_72; // "tether"
+
+/// Applies the PostgreSQL migrations that are not applied yet; returns how many ran.
+pub async fn postgres(conn: &mut PgConnection) -> Result<usize, sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(POSTGRES_LOCK)
+        .execute(&mut *conn)
+        .await?;
+    let result = postgres_locked(conn).await;
+    let unlock = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(POSTGRES_LOCK)
+        .execute(&mut *conn)
+        .await;
+    let applied = result?;
+    unlock?;
+    Ok(applied)
+}
+
+async fn postgres_locked(conn: &mut PgConnection) -> Result<usize, sqlx::Error> {
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS tether_migrations (
+            version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+    )
+    .execute(&mut *conn)
+    .await?;
+    let mut applied = 0;
+    for &(version, name, sql) in POSTGRES {
+        let mut tx = conn.begin().await?;
+        let done: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM tether_migrations WHERE version = $1")
+                .bind(version)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if done.is_some() {
+            continue;
+        }
+        sqlx::raw_sql(sql).execute(&mut *tx).await?;
+        sqlx::query(
+            "INSERT INTO tether_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+        )
+        .bind(version)
+        .bind(name)
+        .bind(crate::domain::now_millis())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        tracing::info!(migration.version = version, migration.name = name, "migration applied");
+        applied += 1;
+    }
+    Ok(applied)
+}
 
 /// Applies the SQLite migrations that are not applied yet; returns how many ran.
 pub async fn sqlite(conn: &mut SqliteConnection) -> Result<usize, sqlx::Error> {

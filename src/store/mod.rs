@@ -1,7 +1,9 @@
-//! Store implementations. `sqlite` is the embedded default; the contract tests in
-//! `tests/store_contract.rs` run against every implementation.
+//! Store implementations: `sqlite` is the embedded default, `postgres` the shared engine for
+//! many processes. The contract tests in `tests/store.rs` run against both.
 
 pub mod migrate;
+pub mod postgres;
 pub mod sqlite;
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;

@@ -293,3 +293,102 @@ impl TestApp {
         }
     }
 }
+
+// --- backends ----------------------------------------------------------------------------
+
+/// The stores the contract tests run against.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The PostgreSQL server tests create their databases on: `TETHER_TEST_PG_URL` (set by the
+/// README's test command, which finds or starts one), else the machine's on 127.0.0.1:5432.
+pub fn pg_admin_url() -> String {
+    std::env::var("TETHER_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// One test's own database: a fresh SQLite file, or a fresh PostgreSQL database.
+pub struct TestDb {
+    pub backend: Backend,
+    pub url: String,
+    pub dir: PathBuf,
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend, name: &str) -> Self {
+        let dir = scratch_dir(name);
+        let url = match backend {
+            Backend::Sqlite => sqlite_url(&dir),
+            Backend::Postgres => {
+                use sqlx::Connection;
+                let admin = pg_admin_url();
+                let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
+                    panic!(
+                        "PostgreSQL at {admin} is not reachable ({e}); run the tests through \
+                         scripts/test, which finds or starts one"
+                    )
+                });
+                let db = format!("tether_t_{}", uuid::Uuid::new_v4().simple());
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+                    .execute(&mut conn)
+                    .await
+                    .expect("creating the test database");
+                let (base, _) = admin.rsplit_once('/').expect("a database in the admin URL");
+                format!("{base}/{db}")
+            }
+        };
+        TestDb { backend, url, dir }
+    }
+
+    /// One `count(*)`-style number, `$1` bound to `arg`.
+    pub async fn scalar(&self, sql: &'static str, arg: &str) -> i64 {
+        use sqlx::Connection;
+        match self.backend {
+            Backend::Sqlite => {
+                let mut conn = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+                sqlx::query_scalar(sql).bind(arg).fetch_one(&mut conn).await.unwrap()
+            }
+            Backend::Postgres => {
+                let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
+                sqlx::query_scalar(sql).bind(arg).fetch_one(&mut conn).await.unwrap()
+            }
+        }
+    }
+
+    /// Opens the store the application would open for this database.
+    pub async fn store(
+        &self,
+        hub: std::sync::Arc<dyn tether::ports::TraceSink>,
+        accept_queue: usize,
+    ) -> std::sync::Arc<dyn tether::ports::Store> {
+        match self.backend {
+            Backend::Sqlite => std::sync::Arc::new(
+                tether::store::SqliteStore::open(&self.url, hub, accept_queue)
+                    .await
+                    .unwrap(),
+            ),
+            Backend::Postgres => std::sync::Arc::new(
+                tether::store::PgStore::open(&self.url, hub, accept_queue, 8)
+                    .await
+                    .unwrap(),
+            ),
+        }
+    }
+}
+
+/// Runs each named `async fn name(backend: Backend)` once per backend, as
+/// `sqlite::name` and `postgres::name`.
+#[macro_export]
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[tokio::test] async fn $name() { super::$name(super::Backend::Sqlite).await } )*
+        }
+        mod postgres {
+            $( #[tokio::test] async fn $name() { super::$name(super::Backend::Postgres).await } )*
+        }
+    };
+}

@@ -1,0 +1,1013 @@
+//! The PostgreSQL store: the same behaviour as the embedded one, for many processes on one
+//! database.
+//!
+//! * **Accepts** are group-committed like on SQLite: a task drains whatever has arrived and
+//!   writes it with one multi-row statement per table (`UNNEST`), a few batches in flight at
+//!   once so one batch's commit overlaps the next one's statements.
+//! * **Claims** use `FOR UPDATE SKIP LOCKED`, so any number of workers take disjoint commands
+//!   without waiting for each other; the lease token (`fence`) and the lease's expiry fence
+//!   every later write of the attempt (G3).
+//! * **Attempts** each run in their own transaction; Postgres runs them in parallel and its
+//!   WAL writer shares the fsyncs.
+//! * **Per-trace order.** Appending events first updates the trace's `commands` row, whose
+//!   lock orders writers of the same trace, so sequence numbers are gap-free. Commits of
+//!   different tasks can still reach the sink out of order; the [`Sequencer`] in front of the
+//!   hub restores per-trace order, reading the database to fill any gap (G5).
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::FutureExt;
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{Column, Connection, PgConnection, PgPool, Row, TypeInfo, ValueRef};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::domain::{
+    Accepted, Claim, Component, DeadLetter, Millis, NewCommand, NewTraceEvent, OutboxEvent, Status,
+    TraceEvent, TraceId, TraceRecord, TraceState, now_millis,
+};
+use crate::ports::{
+    AttemptOutcome, AttemptWork, Failure, Next, SqlArg, Store, StoreError, TraceSink, Tx,
+};
+
+/// How many accepts one group commit may carry.
+const MAX_ACCEPT_BATCH: usize = 512;
+/// Accept batches being written at once.
+const ACCEPT_BATCHES_IN_FLIGHT: usize = 4;
+
+pub struct PgStore {
+    pool: PgPool,
+    sink: Arc<Sequencer>,
+    accepts: mpsc::Sender<AcceptJob>,
+}
+
+struct AcceptJob {
+    command: NewCommand,
+    reply: oneshot::Sender<Result<Accepted, StoreError>>,
+}
+
+impl PgStore {
+    /// Connects to `url`, applies migrations and starts the accept committer.
+    pub async fn open(
+        url: &str,
+        sink: Arc<dyn TraceSink>,
+        accept_queue: usize,
+        pool_size: u32,
+    ) -> Result<Self, StoreError> {
+        let options: PgConnectOptions = url.parse()?;
+        let mut setup = PgConnection::connect_with(&options).await?;
+        super::migrate::postgres(&mut setup).await?;
+        setup.close().await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(pool_size.max(2))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        let sink = Arc::new(Sequencer::new(sink, pool.clone()));
+        let (accepts, rx) = mpsc::channel(accept_queue.max(1));
+        tokio::spawn(accept_loop(pool.clone(), sink.clone(), rx));
+        Ok(Self {
+            pool,
+            sink,
+            accepts,
+        })
+    }
+
+    /// The pool, for the roles that need their own connections (LISTEN, tests).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+async fn accept_loop(pool: PgPool, sink: Arc<Sequencer>, mut rx: mpsc::Receiver<AcceptJob>) {
+    let in_flight = Arc::new(Semaphore::new(ACCEPT_BATCHES_IN_FLIGHT));
+    loop {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = Vec::with_capacity(MAX_ACCEPT_BATCH);
+        if rx.recv_many(&mut batch, MAX_ACCEPT_BATCH).await == 0 {
+            return;
+        }
+        let (pool, sink) = (pool.clone(), sink.clone());
+        tokio::spawn(async move {
+            let commands: Vec<&NewCommand> = batch.iter().map(|j| &j.command).collect();
+            match accept_batch(&pool, &commands).await {
+                Ok((results, events)) => {
+                    sink.committed(&events);
+                    for (job, result) in batch.into_iter().zip(results) {
+                        let _ = job.reply.send(result);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, batch = batch.len(), "accept batch failed");
+                    for job in batch {
+                        let _ = job.reply.send(Err(StoreError::Failed(
+                            "the accept transaction failed".into(),
+                        )));
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+type AcceptResults = (Vec<Result<Accepted, StoreError>>, Vec<TraceEvent>);
+
+/// One group commit of accepts: new commands in one statement, the trace an idempotency key
+/// already names for the others, then the `ACCEPTED` events of the new ones.
+async fn accept_batch(pool: &PgPool, commands: &[&NewCommand]) -> Result<AcceptResults, StoreError> {
+    let now = now_millis();
+    let payloads: Vec<String> = commands.iter().map(|c| c.payload.to_string()).collect();
+    let ids: Vec<String> = commands.iter().map(|c| c.trace_id.to_string()).collect();
+    let mut tx = pool.begin().await?;
+    // A key used twice in one batch, or already used, inserts nothing (ON CONFLICT).
+    let inserted: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO commands (trace_id, command_type, payload, owner, idempotency_key,
+             state, next_attempt_at, last_seq, created_at, updated_at)
+         SELECT t, c, p, o, k, 'PENDING', $6, 1, $6, $6
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS u(t, c, p, o, k)
+         ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+         RETURNING trace_id",
+    )
+    .bind(&ids)
+    .bind(commands.iter().map(|c| c.command_type.as_str()).collect::<Vec<_>>())
+    .bind(&payloads)
+    .bind(commands.iter().map(|c| c.owner.as_str()).collect::<Vec<_>>())
+    .bind(
+        commands
+            .iter()
+            .map(|c| c.idempotency_key.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(now)
+    .fetch_all(&mut *tx)
+    .await?;
+    let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
+
+    // Keys that named an existing trace (from an earlier batch or earlier in this one).
+    let (owners, keys): (Vec<&str>, Vec<&str>) = commands
+        .iter()
+        .zip(&ids)
+        .filter(|(_, id)| !inserted.contains(*id))
+        .filter_map(|(c, _)| Some((c.owner.as_str(), c.idempotency_key.as_deref()?)))
+        .unzip();
+    let mut existing: HashMap<(String, String), (String, String, String, i64)> = HashMap::new();
+    if !owners.is_empty() {
+        let rows = sqlx::query(
+            "SELECT owner, idempotency_key, trace_id, command_type, payload, created_at
+             FROM commands WHERE (owner, idempotency_key) IN (
+                 SELECT * FROM UNNEST($1::text[], $2::text[]))",
+        )
+        .bind(&owners)
+        .bind(&keys)
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in rows {
+            existing.insert(
+                (row.try_get("owner")?, row.try_get("idempotency_key")?),
+                (
+                    row.try_get("trace_id")?,
+                    row.try_get("command_type")?,
+                    row.try_get("payload")?,
+                    row.try_get("created_at")?,
+                ),
+            );
+        }
+    }
+
+    let mut results = Vec::with_capacity(commands.len());
+    let mut events = Vec::new();
+    for ((cmd, id), payload) in commands.iter().zip(&ids).zip(&payloads) {
+        if inserted.contains(id) {
+            events.push(TraceEvent {
+                trace_id: cmd.trace_id,
+                seq: 1,
+                component: Component::CommandApi,
+                status: Status::Accepted,
+                at: now,
+                attempt: None,
+                message: Some(format!("{} accepted", cmd.command_type)),
+                detail: None,
+                state: TraceState::Pending,
+            });
+            results.push(Ok(Accepted {
+                trace_id: cmd.trace_id,
+                accepted_at: now,
+                created: true,
+            }));
+            continue;
+        }
+        let key = (cmd.owner.clone(), cmd.idempotency_key.clone().unwrap_or_default());
+        let Some((trace_id, command_type, old_payload, created_at)) = existing.get(&key) else {
+            return Err(StoreError::Failed(format!(
+                "command {id} was neither inserted nor found by its idempotency key"
+            )));
+        };
+        let trace_id = parse_trace_id(trace_id)?;
+        results.push(
+            if *command_type == cmd.command_type && old_payload == payload {
+                Ok(Accepted {
+                    trace_id,
+                    accepted_at: *created_at,
+                    created: false,
+                })
+            } else {
+                Err(StoreError::IdempotencyConflict(trace_id))
+            },
+        );
+    }
+    if !events.is_empty() {
+        sqlx::query(
+            "INSERT INTO trace_events (trace_id, seq, component, status, state, message, at)
+             SELECT t, 1, 'CommandApi', 'ACCEPTED', 'PENDING', m, $3
+             FROM UNNEST($1::text[], $2::text[]) AS u(t, m)",
+        )
+        .bind(events.iter().map(|e| e.trace_id.to_string()).collect::<Vec<_>>())
+        .bind(
+            events
+                .iter()
+                .map(|e| e.message.clone().unwrap_or_default())
+                .collect::<Vec<_>>(),
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok((results, events))
+}
+
+/// Appends events to a trace inside the caller's transaction: bumps its sequence counter (and
+/// state, if given), which locks the trace's row until commit, and inserts the rows.
+async fn append_events(
+    conn: &mut PgConnection,
+    trace_id: TraceId,
+    state: Option<TraceState>,
+    at: Millis,
+    new: &[NewTraceEvent],
+) -> Result<Vec<TraceEvent>, StoreError> {
+    if new.is_empty() {
+        return Ok(Vec::new());
+    }
+    let id = trace_id.to_string();
+    let (last_seq, state): (i64, String) = sqlx::query_as(
+        "UPDATE commands SET last_seq = last_seq + $1, updated_at = $2,
+             state = coalesce($3, state)
+         WHERE trace_id = $4 RETURNING last_seq, state",
+    )
+    .bind(new.len() as i64)
+    .bind(at)
+    .bind(state.map(|s| s.as_str()))
+    .bind(&id)
+    .fetch_one(&mut *conn)
+    .await?;
+    let state = parse_state(&state)?;
+    let first = last_seq - new.len() as i64 + 1;
+    let out: Vec<TraceEvent> = new
+        .iter()
+        .enumerate()
+        .map(|(i, e)| TraceEvent {
+            trace_id,
+            seq: first + i as i64,
+            component: e.component,
+            status: e.status,
+            at,
+            attempt: e.attempt,
+            message: Some(e.message.clone()),
+            detail: e.detail.clone(),
+            state,
+        })
+        .collect();
+    sqlx::query(
+        "INSERT INTO trace_events (trace_id, seq, component, status, attempt, message, detail, state, at)
+         SELECT $1, s, c, st, a, m, d, $7, $8
+         FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::int[], $6::text[], $9::text[])
+             AS u(s, c, st, a, m, d)",
+    )
+    .bind(&id)
+    .bind(out.iter().map(|e| e.seq).collect::<Vec<_>>())
+    .bind(out.iter().map(|e| e.component.as_str()).collect::<Vec<_>>())
+    .bind(out.iter().map(|e| e.status.as_str()).collect::<Vec<_>>())
+    .bind(out.iter().map(|e| e.attempt).collect::<Vec<_>>())
+    .bind(out.iter().map(|e| e.message.clone()).collect::<Vec<_>>())
+    .bind(state.as_str())
+    .bind(at)
+    .bind(
+        out.iter()
+            .map(|e| e.detail.as_ref().map(Value::to_string))
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(out)
+}
+
+async fn insert_outbox(
+    conn: &mut PgConnection,
+    event: &OutboxEvent,
+    now: Millis,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO outbox (event_id, trace_id, event_type, payload, created_at)
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(event.event_id.to_string())
+    .bind(event.trace_id.to_string())
+    .bind(&event.event_type)
+    .bind(event.payload.to_string())
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// One attempt in its own transaction: the lease check first, so a zombie stops before any
+/// business write; then the dedup mark, the command, its outbox rows, result and events.
+async fn attempt_in(
+    conn: &mut PgConnection,
+    claim: &Claim,
+    work: &dyn AttemptWork,
+    now: Millis,
+) -> Result<(AttemptOutcome, Vec<TraceEvent>), StoreError> {
+    let id = claim.trace_id.to_string();
+    let ours = sqlx::query(
+        "UPDATE commands SET updated_at = $1
+         WHERE trace_id = $2 AND fence = $3 AND state = 'RUNNING' AND lease_expires_at >= $1",
+    )
+    .bind(now)
+    .bind(&id)
+    .bind(claim.lease_token)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if ours == 0 {
+        return Ok((AttemptOutcome::Fenced, Vec::new()));
+    }
+    let first_time = sqlx::query(
+        "INSERT INTO processed (trace_id, series, processed_at) VALUES ($1, $2, $3)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&id)
+    .bind(claim.series)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if first_time == 0 {
+        tracing::warn!(trace.id = %claim.trace_id, "series already processed; not running it again");
+        return Ok((AttemptOutcome::Fenced, Vec::new()));
+    }
+    let run = {
+        let mut view = PgTx { conn: &mut *conn };
+        AssertUnwindSafe(work.run(&mut view)).catch_unwind().await
+    };
+    let done = match run {
+        Ok(Ok(done)) => done,
+        Ok(Err(e)) => return Ok((AttemptOutcome::Failed(e), Vec::new())),
+        Err(_) => {
+            tracing::error!(trace.id = %claim.trace_id, "the command panicked");
+            let e = crate::domain::CommandError::technical("the command panicked");
+            return Ok((AttemptOutcome::Failed(e), Vec::new()));
+        }
+    };
+    for event in &done.outbox {
+        insert_outbox(conn, event, now).await?;
+    }
+    sqlx::query(
+        "UPDATE commands SET state = 'SUCCEEDED', result = $1, lease_expires_at = NULL
+         WHERE trace_id = $2",
+    )
+    .bind(done.result.to_string())
+    .bind(&id)
+    .execute(&mut *conn)
+    .await?;
+    let events = append_events(
+        conn,
+        claim.trace_id,
+        Some(TraceState::Succeeded),
+        now,
+        &done.events,
+    )
+    .await?;
+    Ok((AttemptOutcome::Committed, events))
+}
+
+// --- rows --------------------------------------------------------------------------------
+
+fn parse_trace_id(s: &str) -> Result<TraceId, StoreError> {
+    TraceId::parse(s).ok_or_else(|| StoreError::Corrupt(format!("bad trace id {s:?}")))
+}
+
+fn parse_state(s: &str) -> Result<TraceState, StoreError> {
+    s.parse().map_err(StoreError::Corrupt)
+}
+
+fn parse_json(s: &str) -> Result<Value, StoreError> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("bad JSON column: {e}")))
+}
+
+fn event_from_row(row: &PgRow) -> Result<TraceEvent, StoreError> {
+    let detail: Option<String> = row.try_get("detail")?;
+    Ok(TraceEvent {
+        trace_id: parse_trace_id(row.try_get("trace_id")?)?,
+        seq: row.try_get("seq")?,
+        component: row
+            .try_get::<&str, _>("component")?
+            .parse()
+            .map_err(StoreError::Corrupt)?,
+        status: row
+            .try_get::<&str, _>("status")?
+            .parse()
+            .map_err(StoreError::Corrupt)?,
+        at: row.try_get("at")?,
+        attempt: row.try_get("attempt")?,
+        message: row.try_get("message")?,
+        detail: detail.as_deref().map(parse_json).transpose()?,
+        state: parse_state(row.try_get("state")?)?,
+    })
+}
+
+fn claim_from_row(row: &PgRow) -> Result<Claim, StoreError> {
+    Ok(Claim {
+        trace_id: parse_trace_id(row.try_get("trace_id")?)?,
+        command_type: row.try_get("command_type")?,
+        payload: parse_json(row.try_get("payload")?)?,
+        attempt: row.try_get("attempts")?,
+        series: row.try_get("series")?,
+        lease_token: row.try_get("fence")?,
+        lease_expires_at: row
+            .try_get::<Option<i64>, _>("lease_expires_at")?
+            .unwrap_or(0),
+    })
+}
+
+fn dead_letter_from_row(row: &PgRow) -> Result<DeadLetter, StoreError> {
+    Ok(DeadLetter {
+        id: row.try_get("id")?,
+        trace_id: parse_trace_id(row.try_get("trace_id")?)?,
+        command_type: row.try_get("command_type")?,
+        owner: row.try_get("owner")?,
+        payload: parse_json(row.try_get("payload")?)?,
+        attempts: row.try_get("attempts")?,
+        series: row.try_get("series")?,
+        history: parse_json(row.try_get("history")?)?,
+        last_error: row.try_get("last_error")?,
+        dead_lettered_at: row.try_get("dead_lettered_at")?,
+        replayed_at: row.try_get("replayed_at")?,
+    })
+}
+
+const EVENT_COLUMNS: &str = "trace_id, seq, component, status, attempt, message, detail, state, at";
+
+macro_rules! claim_columns {
+    () => {
+        "trace_id, command_type, payload, attempts, series, fence, lease_expires_at"
+    };
+}
+
+async fn read_events(
+    pool: &PgPool,
+    trace_id: TraceId,
+    after_seq: i64,
+    limit: i64,
+) -> Result<Vec<TraceEvent>, StoreError> {
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM trace_events
+         WHERE trace_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(trace_id.to_string())
+        .bind(after_seq)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(event_from_row).collect()
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn accept(&self, command: NewCommand) -> Result<Accepted, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.accepts
+            .try_send(AcceptJob { command, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
+                mpsc::error::TrySendError::Closed(_) => StoreError::Closed,
+            })?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn trace(&self, trace_id: TraceId) -> Result<Option<TraceRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT command_type, owner, state, attempts, series, created_at, updated_at, result, error
+             FROM commands WHERE trace_id = $1",
+        )
+        .bind(trace_id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let result: Option<String> = row.try_get("result")?;
+        Ok(Some(TraceRecord {
+            trace_id,
+            command_type: row.try_get("command_type")?,
+            owner: row.try_get("owner")?,
+            state: parse_state(row.try_get("state")?)?,
+            attempts: row.try_get("attempts")?,
+            series: row.try_get("series")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+            result: result.as_deref().map(parse_json).transpose()?,
+            error: row.try_get("error")?,
+        }))
+    }
+
+    async fn trace_events(
+        &self,
+        trace_id: TraceId,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<TraceEvent>, StoreError> {
+        read_events(&self.pool, trace_id, after_seq, limit).await
+    }
+
+    async fn dead_letters(
+        &self,
+        owner: Option<&str>,
+        before_id: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, trace_id, series, command_type, owner, payload, attempts,
+                 history::text AS history, last_error, dead_lettered_at, replayed_at
+             FROM dead_letters
+             WHERE ($1::text IS NULL OR owner = $1) AND ($2::bigint IS NULL OR id < $2)
+             ORDER BY id DESC LIMIT $3",
+        )
+        .bind(owner)
+        .bind(before_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(dead_letter_from_row).collect()
+    }
+
+    async fn replay_dead_letter(
+        &self,
+        trace_id: TraceId,
+        event: NewTraceEvent,
+    ) -> Result<Option<Accepted>, StoreError> {
+        let id = trace_id.to_string();
+        let mut tx = self.pool.begin().await?;
+        let now = now_millis();
+        let replayed = sqlx::query(
+            "UPDATE dead_letters SET replayed_at = $1 WHERE trace_id = $2 AND replayed_at IS NULL",
+        )
+        .bind(now)
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let restarted = sqlx::query(
+            "UPDATE commands SET state = 'PENDING', attempts = 0, series = series + 1,
+                 next_attempt_at = $1, attempt_errors = '[]', error = NULL, lease_expires_at = NULL
+             WHERE trace_id = $2 AND state = 'DEAD_LETTERED'",
+        )
+        .bind(now)
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if replayed == 0 || restarted == 0 {
+            return Ok(None);
+        }
+        let events = append_events(&mut tx, trace_id, None, now, &[event]).await?;
+        tx.commit().await?;
+        self.sink.committed(&events);
+        Ok(Some(Accepted {
+            trace_id,
+            accepted_at: now,
+            created: false,
+        }))
+    }
+
+    async fn claim(&self, limit: usize, lease_ms: i64) -> Result<Vec<Claim>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let now = now_millis();
+        let rows = sqlx::query(concat!(
+            "WITH picked AS (
+                 SELECT trace_id FROM commands
+                 WHERE state IN ('PENDING', 'RETRYING') AND next_attempt_at <= $2
+                 ORDER BY next_attempt_at LIMIT $3
+                 FOR UPDATE SKIP LOCKED)
+             UPDATE commands c SET state = 'RUNNING', attempts = c.attempts + 1,
+                 fence = c.fence + 1, lease_expires_at = $1, next_attempt_at = NULL
+             FROM picked WHERE c.trace_id = picked.trace_id
+             RETURNING ",
+            "c.trace_id, c.command_type, c.payload, c.attempts, c.series, c.fence, c.lease_expires_at"
+        ))
+        .bind(now + lease_ms)
+        .bind(now)
+        .bind(limit as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        let claims = rows
+            .iter()
+            .map(claim_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut events = Vec::with_capacity(claims.len() * 2);
+        for claim in &claims {
+            let picked = [
+                NewTraceEvent::new(
+                    Component::TransactionListener,
+                    Status::Accepted,
+                    format!("{} picked up from the commands table", claim.command_type),
+                )
+                .attempt(claim.attempt),
+                NewTraceEvent::new(
+                    Component::TransactionManager,
+                    Status::Accepted,
+                    format!("attempt {} started (lease {} ms)", claim.attempt, lease_ms),
+                )
+                .attempt(claim.attempt),
+            ];
+            events.extend(
+                append_events(
+                    &mut tx,
+                    claim.trace_id,
+                    Some(TraceState::Running),
+                    now,
+                    &picked,
+                )
+                .await?,
+            );
+        }
+        tx.commit().await?;
+        self.sink.committed(&events);
+        Ok(claims)
+    }
+
+    async fn next_due(&self) -> Result<Option<Millis>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT min(next_attempt_at) FROM commands WHERE state IN ('PENDING', 'RETRYING')",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn heartbeat(&self, claim: &Claim, lease_ms: i64) -> Result<bool, StoreError> {
+        let changed = sqlx::query(
+            "UPDATE commands SET lease_expires_at = $1
+             WHERE trace_id = $2 AND fence = $3 AND state = 'RUNNING'",
+        )
+        .bind(now_millis() + lease_ms)
+        .bind(claim.trace_id.to_string())
+        .bind(claim.lease_token)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(changed == 1)
+    }
+
+    async fn commit_attempt(
+        &self,
+        claim: &Claim,
+        work: Arc<dyn AttemptWork>,
+    ) -> Result<AttemptOutcome, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let (outcome, events) = attempt_in(&mut tx, claim, work.as_ref(), now_millis()).await?;
+        if matches!(outcome, AttemptOutcome::Committed) {
+            tx.commit().await?;
+            self.sink.committed(&events);
+        } else {
+            tx.rollback().await?;
+        }
+        Ok(outcome)
+    }
+
+    async fn record_failure(&self, claim: &Claim, failure: Failure) -> Result<bool, StoreError> {
+        let id = claim.trace_id.to_string();
+        let mut tx = self.pool.begin().await?;
+        let now = now_millis();
+        let (state, next_at, error) = match failure.next {
+            Next::Retry { at } => (TraceState::Retrying, Some(at), None),
+            Next::Fail => (TraceState::Failed, None, Some(failure.error.as_str())),
+            Next::DeadLetter => (TraceState::DeadLettered, None, Some(failure.error.as_str())),
+        };
+        let ours = sqlx::query(
+            "UPDATE commands SET state = $7, next_attempt_at = $1, lease_expires_at = NULL, error = $2,
+                 attempt_errors = attempt_errors || jsonb_build_array(jsonb_build_object(
+                     'attempt', attempts, 'at', $3::bigint, 'error', $4::text))
+             WHERE trace_id = $5 AND fence = $6 AND state = 'RUNNING'
+                 AND (NOT $8 OR lease_expires_at < $3)",
+        )
+        .bind(next_at)
+        .bind(error)
+        .bind(now)
+        .bind(&failure.error)
+        .bind(&id)
+        .bind(claim.lease_token)
+        .bind(state.as_str())
+        .bind(failure.lease_expired)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if ours == 0 {
+            return Ok(false);
+        }
+        if matches!(failure.next, Next::DeadLetter) {
+            sqlx::query(
+                "INSERT INTO dead_letters (trace_id, series, command_type, owner, payload, attempts,
+                     history, last_error, dead_lettered_at)
+                 SELECT trace_id, series, command_type, owner, payload, attempts,
+                     attempt_errors, $1, $2
+                 FROM commands WHERE trace_id = $3",
+            )
+            .bind(&failure.error)
+            .bind(now)
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+            let event = OutboxEvent {
+                event_id: uuid::Uuid::now_v7(),
+                trace_id: claim.trace_id,
+                event_type: "CommandDeadLettered".into(),
+                payload: serde_json::json!({
+                    "traceId": id, "commandType": claim.command_type,
+                    "attempts": claim.attempt, "error": failure.error,
+                }),
+            };
+            insert_outbox(&mut tx, &event, now).await?;
+        }
+        let events =
+            append_events(&mut tx, claim.trace_id, Some(state), now, &failure.events).await?;
+        tx.commit().await?;
+        self.sink.committed(&events);
+        Ok(true)
+    }
+
+    async fn expired_leases(&self, limit: usize) -> Result<Vec<Claim>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            claim_columns!(),
+            " FROM commands
+             WHERE state = 'RUNNING' AND lease_expires_at < $1 ORDER BY lease_expires_at LIMIT $2"
+        ))
+        .bind(now_millis())
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(claim_from_row).collect()
+    }
+
+    async fn release(&self, claim: &Claim, event: NewTraceEvent) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let now = now_millis();
+        let ours = sqlx::query(
+            "UPDATE commands SET state = 'RETRYING', attempts = attempts - 1, next_attempt_at = $1,
+                 lease_expires_at = NULL
+             WHERE trace_id = $2 AND fence = $3 AND state = 'RUNNING'",
+        )
+        .bind(now)
+        .bind(claim.trace_id.to_string())
+        .bind(claim.lease_token)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if ours == 0 {
+            return Ok(false);
+        }
+        let events = append_events(
+            &mut tx,
+            claim.trace_id,
+            Some(TraceState::Retrying),
+            now,
+            &[event],
+        )
+        .await?;
+        tx.commit().await?;
+        self.sink.committed(&events);
+        Ok(true)
+    }
+
+    async fn expire_idempotency_keys(&self, older_than: Millis) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE commands SET idempotency_key = NULL
+             WHERE idempotency_key IS NOT NULL AND created_at < $1",
+        )
+        .bind(older_than)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    async fn unsent_outbox(&self, limit: usize) -> Result<Vec<OutboxEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT event_id, trace_id, event_type, payload FROM outbox
+             WHERE sent_at IS NULL ORDER BY created_at, event_id LIMIT $1",
+        )
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let event_id: &str = row.try_get("event_id")?;
+                Ok(OutboxEvent {
+                    event_id: uuid::Uuid::parse_str(event_id)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    trace_id: parse_trace_id(row.try_get("trace_id")?)?,
+                    event_type: row.try_get("event_type")?,
+                    payload: parse_json(row.try_get("payload")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn mark_sent(&self, sent: &[OutboxEvent]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let now = now_millis();
+        let mut events = Vec::with_capacity(sent.len());
+        for event in sent {
+            let first = sqlx::query(
+                "UPDATE outbox SET sent_at = $1 WHERE event_id = $2 AND sent_at IS NULL",
+            )
+            .bind(now)
+            .bind(event.event_id.to_string())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if first == 1 {
+                let report = NewTraceEvent::new(
+                    Component::EventEmitter,
+                    Status::Success,
+                    format!("published {} {}", event.event_type, event.event_id),
+                )
+                .detail(serde_json::json!({ "eventId": event.event_id.to_string(),
+                                            "eventType": event.event_type }));
+                events.extend(append_events(&mut tx, event.trace_id, None, now, &[report]).await?);
+            }
+        }
+        tx.commit().await?;
+        self.sink.committed(&events);
+        Ok(())
+    }
+
+    async fn embedded_api_key(
+        &self,
+        generate: &(dyn Fn() -> String + Sync),
+    ) -> Result<String, StoreError> {
+        sqlx::query(
+            "INSERT INTO api_keys (principal, secret, created_at) VALUES ('embedded', $1, $2)
+             ON CONFLICT (principal) DO NOTHING",
+        )
+        .bind(generate())
+        .bind(now_millis())
+        .execute(&self.pool)
+        .await?;
+        Ok(
+            sqlx::query_scalar("SELECT secret FROM api_keys WHERE principal = 'embedded'")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+/// What a command sees of the attempt's transaction.
+struct PgTx<'c> {
+    conn: &'c mut PgConnection,
+}
+
+fn bind_args<'q>(
+    mut query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    args: &'q [SqlArg],
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    for arg in args {
+        query = match arg {
+            SqlArg::Null => query.bind(None::<String>),
+            SqlArg::Int(i) => query.bind(*i),
+            SqlArg::Real(f) => query.bind(*f),
+            SqlArg::Text(s) => query.bind(s.as_str()),
+        };
+    }
+    query
+}
+
+#[async_trait]
+impl Tx for PgTx<'_> {
+    async fn execute(&mut self, sql: &'static str, args: &[SqlArg]) -> Result<u64, StoreError> {
+        Ok(bind_args(sqlx::query(sql), args)
+            .execute(&mut *self.conn)
+            .await?
+            .rows_affected())
+    }
+
+    async fn fetch_optional(
+        &mut self,
+        sql: &'static str,
+        args: &[SqlArg],
+    ) -> Result<Option<Vec<Value>>, StoreError> {
+        let Some(row) = bind_args(sqlx::query(sql), args)
+            .fetch_optional(&mut *self.conn)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut out = Vec::with_capacity(row.columns().len());
+        for (i, column) in row.columns().iter().enumerate() {
+            if row.try_get_raw(i)?.is_null() {
+                out.push(Value::Null);
+                continue;
+            }
+            out.push(match column.type_info().name() {
+                "INT2" => Value::from(row.try_get::<i16, _>(i)?),
+                "INT4" => Value::from(row.try_get::<i32, _>(i)?),
+                "INT8" => Value::from(row.try_get::<i64, _>(i)?),
+                "FLOAT4" => Value::from(row.try_get::<f32, _>(i)?),
+                "FLOAT8" => Value::from(row.try_get::<f64, _>(i)?),
+                "BOOL" => Value::from(row.try_get::<bool, _>(i)?),
+                "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" => Value::from(row.try_get::<String, _>(i)?),
+                other => {
+                    return Err(StoreError::Corrupt(format!(
+                        "column {i} has type {other}; commands read integers, floats, booleans and text"
+                    )));
+                }
+            });
+        }
+        Ok(Some(out))
+    }
+}
+
+// --- per-trace order in front of the hub -------------------------------------------------
+
+/// Hands committed events to the hub in per-trace sequence order. Transactions on the same
+/// trace commit in order (the trace row's lock), but the tasks that committed them may call
+/// in any order; an event that arrives ahead of its predecessor waits while the missing ones
+/// are read from the database, so subscribers see every event once, in order (G5).
+pub struct Sequencer {
+    tx: mpsc::UnboundedSender<Vec<TraceEvent>>,
+}
+
+impl Sequencer {
+    fn new(hub: Arc<dyn TraceSink>, pool: PgPool) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(sequence(hub, pool, rx));
+        Self { tx }
+    }
+
+    fn committed(&self, events: &[TraceEvent]) {
+        if !events.is_empty() {
+            let _ = self.tx.send(events.to_vec());
+        }
+    }
+}
+
+/// How long a trace's last delivered sequence number is remembered after its last event.
+const SEQUENCE_MEMORY_MS: i64 = 30_000;
+
+async fn sequence(
+    hub: Arc<dyn TraceSink>,
+    pool: PgPool,
+    mut rx: mpsc::UnboundedReceiver<Vec<TraceEvent>>,
+) {
+    // trace → (last delivered seq, when it was delivered)
+    let mut delivered: HashMap<TraceId, (i64, Millis)> = HashMap::new();
+    let mut last_prune = now_millis();
+    while let Some(events) = rx.recv().await {
+        let now = now_millis();
+        let mut out: Vec<TraceEvent> = Vec::with_capacity(events.len());
+        for event in events {
+            let last = delivered.get(&event.trace_id).map(|d| d.0);
+            match last {
+                Some(last) if event.seq <= last => continue, // delivered by a gap fill
+                Some(last) if event.seq > last + 1 => {
+                    // An earlier commit of this trace has not reached us yet: read it.
+                    match read_events(&pool, event.trace_id, last, event.seq - last - 1).await {
+                        Ok(missing) => out.extend(missing),
+                        Err(e) => {
+                            tracing::warn!(error = %e, trace.id = %event.trace_id, "gap fill failed; delivering out of order")
+                        }
+                    }
+                }
+                // The first event this process sees of a trace starts its sequence.
+                _ => {}
+            }
+            delivered.insert(event.trace_id, (event.seq, now));
+            out.push(event);
+        }
+        hub.committed(&out);
+        if now - last_prune > 5_000 {
+            delivered.retain(|_, (_, at)| now - *at < SEQUENCE_MEMORY_MS);
+            last_prune = now;
+        }
+    }
+}
