@@ -105,8 +105,16 @@ impl Opts {
         let quick = has("--quick");
         for a in &args {
             // `cargo bench` passes `--bench` to every bench binary.
-            if !["--quick", "--write", "--no-write", "--keep", "--bench", "--only", "subs"]
-                .contains(&a.as_str())
+            if ![
+                "--quick",
+                "--write",
+                "--no-write",
+                "--keep",
+                "--bench",
+                "--only",
+                "subs",
+            ]
+            .contains(&a.as_str())
             {
                 eprintln!("load: ignoring unknown argument {a:?}");
             }
@@ -1118,7 +1126,15 @@ async fn e2e_client(
                 break;
             }
             if std::mem::take(&mut wait.gap) {
-                match gql(&client, addr, USER_KEY, TRACE_EVENTS, json!({ "t": trace_id })).await {
+                match gql(
+                    &client,
+                    addr,
+                    USER_KEY,
+                    TRACE_EVENTS,
+                    json!({ "t": trace_id }),
+                )
+                .await
+                {
                     Ok(data) => wait.history(&data, SeenBy::GapFill),
                     Err(e) => errors.add(format!("traceEvents: {e}")),
                 }
@@ -2076,7 +2092,7 @@ async fn main() -> anyhow::Result<()> {
                 (None, None)
             }
         };
-            (cold, raw_pool, raw_mutex, accepts, e2e)
+        (cold, raw_pool, raw_mutex, accepts, e2e)
     };
 
     let subs = match Server::start(&dir, "subs").await {

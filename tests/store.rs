@@ -295,8 +295,11 @@ async fn idempotency_keys_within_one_batch_name_one_trace(backend: Backend) {
         Err(StoreError::IdempotencyConflict(t)) if *t == firsts[0].trace_id
     ));
     assert_eq!(
-        db.scalar("SELECT count(*) FROM commands WHERE idempotency_key = $1", "same-key")
-            .await,
+        db.scalar(
+            "SELECT count(*) FROM commands WHERE idempotency_key = $1",
+            "same-key"
+        )
+        .await,
         1
     );
 }

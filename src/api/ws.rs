@@ -19,10 +19,10 @@ use axum::extract::FromRequestParts;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
+use futures_channel::mpsc;
 use futures_util::{SinkExt, StreamExt, future};
 use serde::Deserialize;
 use serde_json::json;
-use futures_channel::mpsc;
 
 use super::ApiState;
 use crate::domain::Principal;

@@ -65,7 +65,11 @@ async fn postgres_locked(conn: &mut PgConnection) -> Result<usize, sqlx::Error> 
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        tracing::info!(migration.version = version, migration.name = name, "migration applied");
+        tracing::info!(
+            migration.version = version,
+            migration.name = name,
+            "migration applied"
+        );
         applied += 1;
     }
     Ok(applied)

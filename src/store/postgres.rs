@@ -121,7 +121,10 @@ type AcceptResults = (Vec<Result<Accepted, StoreError>>, Vec<TraceEvent>);
 
 /// One group commit of accepts: new commands in one statement, the trace an idempotency key
 /// already names for the others, then the `ACCEPTED` events of the new ones.
-async fn accept_batch(pool: &PgPool, commands: &[&NewCommand]) -> Result<AcceptResults, StoreError> {
+async fn accept_batch(
+    pool: &PgPool,
+    commands: &[&NewCommand],
+) -> Result<AcceptResults, StoreError> {
     let now = now_millis();
     let payloads: Vec<String> = commands.iter().map(|c| c.payload.to_string()).collect();
     let ids: Vec<String> = commands.iter().map(|c| c.trace_id.to_string()).collect();
@@ -136,9 +139,19 @@ async fn accept_batch(pool: &PgPool, commands: &[&NewCommand]) -> Result<AcceptR
          RETURNING trace_id",
     )
     .bind(&ids)
-    .bind(commands.iter().map(|c| c.command_type.as_str()).collect::<Vec<_>>())
+    .bind(
+        commands
+            .iter()
+            .map(|c| c.command_type.as_str())
+            .collect::<Vec<_>>(),
+    )
     .bind(&payloads)
-    .bind(commands.iter().map(|c| c.owner.as_str()).collect::<Vec<_>>())
+    .bind(
+        commands
+            .iter()
+            .map(|c| c.owner.as_str())
+            .collect::<Vec<_>>(),
+    )
     .bind(
         commands
             .iter()
@@ -203,7 +216,10 @@ async fn accept_batch(pool: &PgPool, commands: &[&NewCommand]) -> Result<AcceptR
             }));
             continue;
         }
-        let key = (cmd.owner.clone(), cmd.idempotency_key.clone().unwrap_or_default());
+        let key = (
+            cmd.owner.clone(),
+            cmd.idempotency_key.clone().unwrap_or_default(),
+        );
         let Some((trace_id, command_type, old_payload, created_at)) = existing.get(&key) else {
             return Err(StoreError::Failed(format!(
                 "command {id} was neither inserted nor found by its idempotency key"
@@ -228,7 +244,12 @@ async fn accept_batch(pool: &PgPool, commands: &[&NewCommand]) -> Result<AcceptR
              SELECT t, 1, 'CommandApi', 'ACCEPTED', 'PENDING', m, $3
              FROM UNNEST($1::text[], $2::text[]) AS u(t, m)",
         )
-        .bind(events.iter().map(|e| e.trace_id.to_string()).collect::<Vec<_>>())
+        .bind(
+            events
+                .iter()
+                .map(|e| e.trace_id.to_string())
+                .collect::<Vec<_>>(),
+        )
         .bind(
             events
                 .iter()

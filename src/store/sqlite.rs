@@ -558,9 +558,11 @@ impl Store for SqliteStore {
         }
         let (reply, answer) = oneshot::channel();
         let job = Write {
-            f: Some(move |conn: &mut Connection, now, events: &mut Vec<TraceEvent>| {
-                accept_in(conn, &command, now, events)
-            }),
+            f: Some(
+                move |conn: &mut Connection, now, events: &mut Vec<TraceEvent>| {
+                    accept_in(conn, &command, now, events)
+                },
+            ),
             result: None,
             reply,
             accept_slot: Some(slots.clone()),
@@ -964,9 +966,9 @@ fn bind_dollar(stmt: &mut rusqlite::Statement<'_>, args: &[SqlArg]) -> Result<()
             .ok_or_else(|| {
                 StoreError::Failed(format!("parameter {index} is not of the form $N"))
             })?;
-        let arg = args.get(number - 1).ok_or_else(|| {
-            StoreError::Failed(format!("no value bound for ${number}"))
-        })?;
+        let arg = args
+            .get(number - 1)
+            .ok_or_else(|| StoreError::Failed(format!("no value bound for ${number}")))?;
         match arg {
             SqlArg::Null => stmt.raw_bind_parameter(index, rusqlite::types::Null)?,
             SqlArg::Int(i) => stmt.raw_bind_parameter(index, i)?,

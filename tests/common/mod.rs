@@ -320,26 +320,27 @@ pub struct TestDb {
 impl TestDb {
     pub async fn new(backend: Backend, name: &str) -> Self {
         let dir = scratch_dir(name);
-        let url = match backend {
-            Backend::Sqlite => sqlite_url(&dir),
-            Backend::Postgres => {
-                use sqlx::Connection;
-                let admin = pg_admin_url();
-                let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
+        let url =
+            match backend {
+                Backend::Sqlite => sqlite_url(&dir),
+                Backend::Postgres => {
+                    use sqlx::Connection;
+                    let admin = pg_admin_url();
+                    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
                     panic!(
                         "PostgreSQL at {admin} is not reachable ({e}); run the tests through \
                          scripts/test, which finds or starts one"
                     )
                 });
-                let db = format!("tether_t_{}", uuid::Uuid::new_v4().simple());
-                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
-                    .execute(&mut conn)
-                    .await
-                    .expect("creating the test database");
-                let (base, _) = admin.rsplit_once('/').expect("a database in the admin URL");
-                format!("{base}/{db}")
-            }
-        };
+                    let db = format!("tether_t_{}", uuid::Uuid::new_v4().simple());
+                    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+                        .execute(&mut conn)
+                        .await
+                        .expect("creating the test database");
+                    let (base, _) = admin.rsplit_once('/').expect("a database in the admin URL");
+                    format!("{base}/{db}")
+                }
+            };
         TestDb { backend, url, dir }
     }
 
@@ -349,11 +350,19 @@ impl TestDb {
         match self.backend {
             Backend::Sqlite => {
                 let mut conn = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
-                sqlx::query_scalar(sql).bind(arg).fetch_one(&mut conn).await.unwrap()
+                sqlx::query_scalar(sql)
+                    .bind(arg)
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap()
             }
             Backend::Postgres => {
                 let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
-                sqlx::query_scalar(sql).bind(arg).fetch_one(&mut conn).await.unwrap()
+                sqlx::query_scalar(sql)
+                    .bind(arg)
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap()
             }
         }
     }
