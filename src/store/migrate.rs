@@ -19,7 +19,7 @@ const POSTGRES: &[(i64, &str, &str)] = &[(
 
 /// Any number of processes may start at once against one database: an advisory lock makes
 /// one of them apply what is missing while the others wait, then find nothing to do.
-const POSTGRES_LOCK: i64 = 0x7e74_6865_72; // "tether"
+const POSTGRES_LOCK: i64 = 0x7465_7468_6572; // "tether" in ASCII
 
 /// Applies the PostgreSQL migrations that are not applied yet; returns how many ran.
 pub async fn postgres(conn: &mut PgConnection) -> Result<usize, sqlx::Error> {
