@@ -26,6 +26,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{Column, Connection, PgConnection, PgPool, Row, TypeInfo, ValueRef};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use super::{dead_lettered, parse_json, parse_state, parse_trace_id, picked_events, published};
 use crate::domain::{
     Accepted, Claim, Component, DeadLetter, Millis, NewCommand, NewTraceEvent, OutboxEvent, Status,
     TraceEvent, TraceId, TraceRecord, TraceState, now_millis,
@@ -421,18 +422,6 @@ async fn attempt_in(
 
 // --- rows --------------------------------------------------------------------------------
 
-fn parse_trace_id(s: &str) -> Result<TraceId, StoreError> {
-    TraceId::parse(s).ok_or_else(|| StoreError::Corrupt(format!("bad trace id {s:?}")))
-}
-
-fn parse_state(s: &str) -> Result<TraceState, StoreError> {
-    s.parse().map_err(StoreError::Corrupt)
-}
-
-fn parse_json(s: &str) -> Result<Value, StoreError> {
-    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("bad JSON column: {e}")))
-}
-
 fn event_from_row(row: &PgRow) -> Result<TraceEvent, StoreError> {
     let detail: Option<String> = row.try_get("detail")?;
     Ok(TraceEvent {
@@ -643,20 +632,7 @@ impl Store for PgStore {
             .collect::<Result<Vec<_>, _>>()?;
         let mut events = Vec::with_capacity(claims.len() * 2);
         for claim in &claims {
-            let picked = [
-                NewTraceEvent::new(
-                    Component::TransactionListener,
-                    Status::Accepted,
-                    format!("{} picked up from the commands table", claim.command_type),
-                )
-                .attempt(claim.attempt),
-                NewTraceEvent::new(
-                    Component::TransactionManager,
-                    Status::Accepted,
-                    format!("attempt {} started (lease {} ms)", claim.attempt, lease_ms),
-                )
-                .attempt(claim.attempt),
-            ];
+            let picked = picked_events(claim, lease_ms);
             events.extend(
                 append_events(
                     &mut tx,
@@ -754,15 +730,7 @@ impl Store for PgStore {
             .bind(&id)
             .execute(&mut *tx)
             .await?;
-            let event = OutboxEvent {
-                event_id: uuid::Uuid::now_v7(),
-                trace_id: claim.trace_id,
-                event_type: "CommandDeadLettered".into(),
-                payload: serde_json::json!({
-                    "traceId": id, "commandType": claim.command_type,
-                    "attempts": claim.attempt, "error": failure.error,
-                }),
-            };
+            let event = dead_lettered(claim, &failure);
             insert_outbox(&mut tx, &event, now).await?;
         }
         let events =
@@ -863,13 +831,7 @@ impl Store for PgStore {
             .await?
             .rows_affected();
             if first == 1 {
-                let report = NewTraceEvent::new(
-                    Component::EventEmitter,
-                    Status::Success,
-                    format!("published {} {}", event.event_type, event.event_id),
-                )
-                .detail(serde_json::json!({ "eventId": event.event_id.to_string(),
-                                            "eventType": event.event_type }));
+                let report = published(event.event_id, &event.event_type);
                 events.extend(append_events(&mut tx, event.trace_id, None, now, &[report]).await?);
             }
         }

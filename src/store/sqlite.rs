@@ -35,6 +35,7 @@ use sqlx::sqlite::{
 use sqlx::{Connection as _, Row, SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
+use super::{dead_lettered, parse_json, parse_state, parse_trace_id, picked_events, published};
 use crate::domain::{
     Accepted, Claim, Component, DeadLetter, Millis, NewCommand, NewTraceEvent, OutboxEvent, Status,
     TraceEvent, TraceId, TraceRecord, TraceState, now_millis,
@@ -479,18 +480,6 @@ fn claim_from_rusqlite(r: &rusqlite::Row<'_>) -> Result<Claim, StoreError> {
 
 // --- rows --------------------------------------------------------------------------------
 
-fn parse_trace_id(s: &str) -> Result<TraceId, StoreError> {
-    TraceId::parse(s).ok_or_else(|| StoreError::Corrupt(format!("bad trace id {s:?}")))
-}
-
-fn parse_state(s: &str) -> Result<TraceState, StoreError> {
-    s.parse().map_err(StoreError::Corrupt)
-}
-
-fn parse_json(s: &str) -> Result<Value, StoreError> {
-    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("bad JSON column: {e}")))
-}
-
 fn event_from_row(row: &SqliteRow) -> Result<TraceEvent, StoreError> {
     let detail: Option<String> = row.try_get("detail")?;
     Ok(TraceEvent {
@@ -691,20 +680,7 @@ impl Store for SqliteStore {
                 claims
             };
             for claim in &claims {
-                let picked = [
-                    NewTraceEvent::new(
-                        Component::TransactionListener,
-                        Status::Accepted,
-                        format!("{} picked up from the commands table", claim.command_type),
-                    )
-                    .attempt(claim.attempt),
-                    NewTraceEvent::new(
-                        Component::TransactionManager,
-                        Status::Accepted,
-                        format!("attempt {} started (lease {} ms)", claim.attempt, lease_ms),
-                    )
-                    .attempt(claim.attempt),
-                ];
+                let picked = picked_events(claim, lease_ms);
                 append_events(
                     conn,
                     claim.trace_id,
@@ -794,15 +770,7 @@ impl Store for SqliteStore {
                      FROM commands WHERE trace_id = ?3",
                 )?
                 .execute(params![failure.error, now, id])?;
-                let event = OutboxEvent {
-                    event_id: uuid::Uuid::now_v7(),
-                    trace_id: claim.trace_id,
-                    event_type: "CommandDeadLettered".into(),
-                    payload: serde_json::json!({
-                        "traceId": id, "commandType": claim.command_type,
-                        "attempts": claim.attempt, "error": failure.error,
-                    }),
-                };
+                let event = dead_lettered(&claim, &failure);
                 insert_outbox(conn, &event, now)?;
             }
             append_events(
@@ -906,13 +874,7 @@ impl Store for SqliteStore {
                     )?
                     .execute(params![now, event_id.to_string()])?;
                 if first == 1 {
-                    let report = NewTraceEvent::new(
-                        Component::EventEmitter,
-                        Status::Success,
-                        format!("published {event_type} {event_id}"),
-                    )
-                    .detail(serde_json::json!({ "eventId": event_id.to_string(),
-                                                "eventType": event_type }));
+                    let report = published(event_id, &event_type);
                     append_events(conn, trace_id, None, now, &[report], events)?;
                 }
             }
