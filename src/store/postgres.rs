@@ -422,64 +422,9 @@ async fn attempt_in(
 
 // --- rows --------------------------------------------------------------------------------
 
-fn event_from_row(row: &PgRow) -> Result<TraceEvent, StoreError> {
-    let detail: Option<String> = row.try_get("detail")?;
-    Ok(TraceEvent {
-        trace_id: parse_trace_id(row.try_get("trace_id")?)?,
-        seq: row.try_get("seq")?,
-        component: row
-            .try_get::<&str, _>("component")?
-            .parse()
-            .map_err(StoreError::Corrupt)?,
-        status: row
-            .try_get::<&str, _>("status")?
-            .parse()
-            .map_err(StoreError::Corrupt)?,
-        at: row.try_get("at")?,
-        attempt: row.try_get("attempt")?,
-        message: row.try_get("message")?,
-        detail: detail.as_deref().map(parse_json).transpose()?,
-        state: parse_state(row.try_get("state")?)?,
-    })
-}
-
-fn claim_from_row(row: &PgRow) -> Result<Claim, StoreError> {
-    Ok(Claim {
-        trace_id: parse_trace_id(row.try_get("trace_id")?)?,
-        command_type: row.try_get("command_type")?,
-        payload: parse_json(row.try_get("payload")?)?,
-        attempt: row.try_get("attempts")?,
-        series: row.try_get("series")?,
-        lease_token: row.try_get("fence")?,
-        lease_expires_at: row
-            .try_get::<Option<i64>, _>("lease_expires_at")?
-            .unwrap_or(0),
-    })
-}
-
-fn dead_letter_from_row(row: &PgRow) -> Result<DeadLetter, StoreError> {
-    Ok(DeadLetter {
-        id: row.try_get("id")?,
-        trace_id: parse_trace_id(row.try_get("trace_id")?)?,
-        command_type: row.try_get("command_type")?,
-        owner: row.try_get("owner")?,
-        payload: parse_json(row.try_get("payload")?)?,
-        attempts: row.try_get("attempts")?,
-        series: row.try_get("series")?,
-        history: parse_json(row.try_get("history")?)?,
-        last_error: row.try_get("last_error")?,
-        dead_lettered_at: row.try_get("dead_lettered_at")?,
-        replayed_at: row.try_get("replayed_at")?,
-    })
-}
+row_mappers!(PgRow);
 
 const EVENT_COLUMNS: &str = "trace_id, seq, component, status, attempt, message, detail, state, at";
-
-macro_rules! claim_columns {
-    () => {
-        "trace_id, command_type, payload, attempts, series, fence, lease_expires_at"
-    };
-}
 
 async fn read_events(
     pool: &PgPool,
