@@ -56,7 +56,8 @@ impl Application {
             config.subscription_buffer,
             config.max_message_bytes,
         );
-        let store: Arc<dyn Store> = open_store(&config, hub.clone()).await?;
+        let wake = Arc::new(Notify::new());
+        let store: Arc<dyn Store> = open_store(&config, hub.clone(), wake.clone()).await?;
 
         let mut keys = Authenticator::parse_keys(config.api_keys.expose(), false, "key-");
         keys.extend(Authenticator::parse_keys(
@@ -82,7 +83,6 @@ impl Application {
             Authenticator::with_keys(keys)
         };
 
-        let wake = Arc::new(Notify::new());
         let commands = CommandApi::new(
             store.clone(),
             registry.clone(),
@@ -113,6 +113,7 @@ impl Application {
                 heartbeat_ms: config.heartbeat_ms,
                 sweep_ms: config.sweep_ms,
                 poll_ms: config.poll_ms,
+                idle_poll_ms: config.idle_poll_ms,
                 retry: RetryPolicy {
                     max_attempts: config.max_attempts.max(1),
                     base: Duration::from_millis(config.retry_base_ms),
@@ -217,11 +218,15 @@ impl Application {
     }
 }
 
-async fn open_store(config: &Config, hub: Arc<Hub>) -> anyhow::Result<Arc<dyn Store>> {
+async fn open_store(
+    config: &Config,
+    hub: Arc<Hub>,
+    wake: Arc<Notify>,
+) -> anyhow::Result<Arc<dyn Store>> {
     let url = config.database_url.as_str();
     if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         return Ok(Arc::new(
-            PgStore::open(url, hub, config.accept_queue, config.db_pool_size).await?,
+            PgStore::open(url, hub, wake, config.accept_queue, config.db_pool_size).await?,
         ));
     }
     if !url.starts_with("sqlite:") {

@@ -128,9 +128,13 @@ pub struct Config {
     /// How often expired leases are looked for.
     #[arg(long, env = "TETHER_SWEEP_MS", default_value_t = 5_000)]
     pub sweep_ms: i64,
-    /// Fallback poll interval of the listener and the emitter.
+    /// Poll interval of the listener and the emitter while wake-ups may be missed (the
+    /// PostgreSQL `LISTEN` connection is down).
     #[arg(long, env = "TETHER_POLL_MS", default_value_t = 1_000)]
     pub poll_ms: i64,
+    /// Poll interval while wake-ups arrive: a safety net only, so an idle tether stays quiet.
+    #[arg(long, env = "TETHER_IDLE_POLL_MS", default_value_t = 30_000)]
+    pub idle_poll_ms: i64,
     /// Attempts per command, the first included (3 retries = 4).
     #[arg(long, env = "TETHER_MAX_ATTEMPTS", default_value_t = 4)]
     pub max_attempts: i32,

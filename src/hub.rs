@@ -22,7 +22,7 @@ use futures_util::Stream;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::domain::TraceEvent;
+use crate::domain::{TraceEvent, TraceId};
 use crate::ports::TraceSink;
 
 /// The mutation whose results carry trace events to `onTraceEvent`.
@@ -202,6 +202,29 @@ impl TraceSink for Hub {
         for event in events {
             self.publish(TRACE_EVENT_MUTATION, event.to_graphql());
         }
+    }
+
+    fn watching(&self, trace_id: TraceId) -> bool {
+        let Some(fields) = self.routes.get(TRACE_EVENT_MUTATION) else {
+            return false;
+        };
+        let id = trace_id.to_string();
+        let subscribers = self.lock();
+        fields.iter().any(|field| {
+            subscribers.contains_key(&(field.clone(), Some(id.clone())))
+                || subscribers.contains_key(&(field.clone(), None))
+        })
+    }
+
+    fn watched(&self) -> Vec<TraceId> {
+        let Some(fields) = self.routes.get(TRACE_EVENT_MUTATION) else {
+            return Vec::new();
+        };
+        self.lock()
+            .keys()
+            .filter(|(field, _)| fields.contains(field))
+            .filter_map(|(_, id)| TraceId::parse(id.as_deref()?))
+            .collect()
     }
 }
 

@@ -189,11 +189,30 @@ pub trait Store: Send + Sync + 'static {
         generate: &(dyn Fn() -> String + Sync),
     ) -> Result<String, StoreError>;
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Whether every change that makes work runnable wakes the listener (true in one process;
+    /// on PostgreSQL while the `LISTEN` connection is up). While false, workers poll at the
+    /// short fallback interval.
+    fn wakeups_live(&self) -> bool {
+        true
+    }
 }
 
 /// Receives committed trace events in commit order (the hub).
 pub trait TraceSink: Send + Sync + 'static {
     fn committed(&self, events: &[TraceEvent]);
+
+    /// Whether anyone here listens to `trace_id`. Events of other traces need not be read
+    /// from the database when another process wrote them.
+    fn watching(&self, _trace_id: TraceId) -> bool {
+        true
+    }
+
+    /// The traces someone here listens to: after a lost notification connection, their
+    /// events are read again so no live subscriber misses one.
+    fn watched(&self) -> Vec<TraceId> {
+        Vec::new()
+    }
 }
 
 #[derive(Debug, Error)]

@@ -327,6 +327,7 @@ async fn side_effects_are_published_at_least_once_with_stable_ids() {
             heartbeat_ms: 1_000,
             sweep_ms: 100,
             poll_ms: 100,
+            idle_poll_ms: 100,
             retry: RetryPolicy {
                 base: Duration::ZERO,
                 ..RetryPolicy::default()

@@ -14,7 +14,6 @@ const BATCH: usize = 256;
 
 impl Pipeline {
     pub async fn emit(self, cancel: CancellationToken) {
-        let poll = Duration::from_millis(self.config.poll_ms.max(1) as u64);
         let mut backoff = Duration::from_millis(100);
         loop {
             match self.emit_once().await {
@@ -26,7 +25,7 @@ impl Pipeline {
                     tokio::select! {
                         _ = cancel.cancelled() => return,
                         _ = self.emitter_wake.notified() => {}
-                        _ = tokio::time::sleep(poll) => {}
+                        _ = tokio::time::sleep(self.idle_wait()) => {}
                     }
                 }
                 Err(e) => {

@@ -1,8 +1,10 @@
 //! TransactionListener: takes runnable commands off the queue (the `commands` table) and hands
 //! each to the TransactionManager. Routing and capacity only, never business logic.
 //!
-//! It wakes when the CommandApi accepts something (in-process notification), when an attempt
-//! finishes (a slot is free), when the next retry is due, and otherwise polls as a fallback.
+//! It wakes when the CommandApi accepts something (in-process, or from another process over
+//! PostgreSQL `NOTIFY`), when an attempt finishes (a slot is free) and when the next retry is
+//! due. Polling is a safety net: rare while wake-ups arrive, every `poll_ms` while they may
+//! not (the `LISTEN` connection is down).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,11 +20,11 @@ impl Pipeline {
     pub async fn listen(self, cancel: CancellationToken, attempts: TaskTracker) {
         // One permit per attempt in flight: bounds memory and database pressure (G8).
         let slots = Arc::new(Semaphore::new(self.config.workers.max(1)));
-        let poll = Duration::from_millis(self.config.poll_ms.max(1) as u64);
         loop {
             if cancel.is_cancelled() {
                 break;
             }
+            let poll = self.idle_wait();
             let free = slots.available_permits();
             let mut claimed = 0;
             if free > 0 {

@@ -43,8 +43,10 @@ pub struct ExecutorConfig {
     pub lease_ms: i64,
     pub heartbeat_ms: i64,
     pub sweep_ms: i64,
-    /// Fallback poll interval when no wake-up arrives.
+    /// Poll interval while wake-ups may be missed.
     pub poll_ms: i64,
+    /// Poll interval while wake-ups arrive (a safety net).
+    pub idle_poll_ms: i64,
     pub retry: RetryPolicy,
     pub fault_injection: bool,
     pub idempotency_retention_ms: i64,
@@ -130,6 +132,16 @@ impl Pipeline {
 
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats
+    }
+
+    /// How long to sleep when there is nothing to do.
+    fn idle_wait(&self) -> std::time::Duration {
+        let ms = if self.store.wakeups_live() {
+            self.config.idle_poll_ms.max(self.config.poll_ms)
+        } else {
+            self.config.poll_ms
+        };
+        std::time::Duration::from_millis(ms.max(1) as u64)
     }
 
     /// Starts the listener, the sweeper and the emitter on `tasks`; attempts run on

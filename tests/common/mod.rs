@@ -380,7 +380,7 @@ impl TestDb {
                     .unwrap(),
             ),
             Backend::Postgres => std::sync::Arc::new(
-                tether::store::PgStore::open(&self.url, hub, accept_queue, 8)
+                tether::store::PgStore::open(&self.url, hub, Default::default(), accept_queue, 8)
                     .await
                     .unwrap(),
             ),

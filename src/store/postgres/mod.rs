@@ -11,8 +11,12 @@
 //!   WAL writer shares the fsyncs.
 //! * **Per-trace order.** Appending events first updates the trace's `commands` row, whose
 //!   lock orders writers of the same trace, so sequence numbers are gap-free. Commits of
-//!   different tasks can still reach the sink out of order; the [`Sequencer`] in front of the
-//!   hub restores per-trace order, reading the database to fill any gap (G5).
+//!   different tasks can still reach the sink out of order; the [`feed`] in front of the hub
+//!   restores per-trace order, reading the database to fill any gap (G5).
+//! * **Across processes**, every transaction that appends events sends a `NOTIFY` with their
+//!   keys, and one that makes work runnable wakes the workers; see [`feed`].
+
+mod feed;
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -24,7 +28,10 @@ use futures_util::FutureExt;
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{Column, Connection, PgConnection, PgPool, Row, TypeInfo, ValueRef};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use feed::{EVENTS_CHANNEL, Feed, Range, WORK_CHANNEL, notices};
 
 use super::{dead_lettered, parse_json, parse_state, parse_trace_id, picked_events, published};
 use crate::domain::{
@@ -42,8 +49,12 @@ const ACCEPT_BATCHES_IN_FLIGHT: usize = 4;
 
 pub struct PgStore {
     pool: PgPool,
-    sink: Arc<Sequencer>,
+    sink: Arc<Feed>,
+    /// This process's name in its notices (a random ID per store).
+    node: Arc<str>,
     accepts: mpsc::Sender<AcceptJob>,
+    /// Stops the listener and the feed with the store.
+    _stop: DropGuard,
 }
 
 struct AcceptJob {
@@ -52,10 +63,12 @@ struct AcceptJob {
 }
 
 impl PgStore {
-    /// Connects to `url`, applies migrations and starts the accept committer.
+    /// Connects to `url`, applies migrations, starts the accept committer and listens for
+    /// other processes' notices: their trace events go to `sink`, their new work wakes `wake`.
     pub async fn open(
         url: &str,
         sink: Arc<dyn TraceSink>,
+        wake: Arc<Notify>,
         accept_queue: usize,
         pool_size: u32,
     ) -> Result<Self, StoreError> {
@@ -66,15 +79,26 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(pool_size.max(2))
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
-        let sink = Arc::new(Sequencer::new(sink, pool.clone()));
+        let node: Arc<str> = uuid::Uuid::new_v4().simple().to_string()[..12].into();
+        let stop = CancellationToken::new();
+        let sink = Arc::new(Feed::start(
+            sink,
+            pool.clone(),
+            options,
+            node.clone(),
+            wake,
+            stop.clone(),
+        ));
         let (accepts, rx) = mpsc::channel(accept_queue.max(1));
-        tokio::spawn(accept_loop(pool.clone(), sink.clone(), rx));
+        tokio::spawn(accept_loop(pool.clone(), sink.clone(), node.clone(), rx));
         Ok(Self {
             pool,
             sink,
+            node,
             accepts,
+            _stop: stop.drop_guard(),
         })
     }
 
@@ -84,7 +108,12 @@ impl PgStore {
     }
 }
 
-async fn accept_loop(pool: PgPool, sink: Arc<Sequencer>, mut rx: mpsc::Receiver<AcceptJob>) {
+async fn accept_loop(
+    pool: PgPool,
+    sink: Arc<Feed>,
+    node: Arc<str>,
+    mut rx: mpsc::Receiver<AcceptJob>,
+) {
     let in_flight = Arc::new(Semaphore::new(ACCEPT_BATCHES_IN_FLIGHT));
     loop {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
@@ -94,10 +123,10 @@ async fn accept_loop(pool: PgPool, sink: Arc<Sequencer>, mut rx: mpsc::Receiver<
         if rx.recv_many(&mut batch, MAX_ACCEPT_BATCH).await == 0 {
             return;
         }
-        let (pool, sink) = (pool.clone(), sink.clone());
+        let (pool, sink, node) = (pool.clone(), sink.clone(), node.clone());
         tokio::spawn(async move {
             let commands: Vec<&NewCommand> = batch.iter().map(|j| &j.command).collect();
-            match accept_batch(&pool, &commands).await {
+            match accept_batch(&pool, &node, &commands).await {
                 Ok((results, events)) => {
                     sink.committed(&events);
                     for (job, result) in batch.into_iter().zip(results) {
@@ -124,6 +153,7 @@ type AcceptResults = (Vec<Result<Accepted, StoreError>>, Vec<TraceEvent>);
 /// already names for the others, then the `ACCEPTED` events of the new ones.
 async fn accept_batch(
     pool: &PgPool,
+    node: &str,
     commands: &[&NewCommand],
 ) -> Result<AcceptResults, StoreError> {
     let now = now_millis();
@@ -260,15 +290,35 @@ async fn accept_batch(
         .bind(now)
         .execute(&mut *tx)
         .await?;
+        let mut payloads = notices(node, &events);
+        let mut channels = vec![EVENTS_CHANNEL; payloads.len()];
+        channels.push(WORK_CHANNEL);
+        payloads.push(String::new());
+        sqlx::query("SELECT pg_notify(c, p) FROM UNNEST($1::text[], $2::text[]) AS u(c, p)")
+            .bind(channels)
+            .bind(payloads)
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await?;
     Ok((results, events))
 }
 
+/// Wakes the workers of every process once this transaction commits.
+async fn notify_work(conn: &mut PgConnection) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(WORK_CHANNEL)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 /// Appends events to a trace inside the caller's transaction: bumps its sequence counter (and
-/// state, if given), which locks the trace's row until commit, and inserts the rows.
+/// state, if given), which locks the trace's row until commit, inserts the rows and sends
+/// their notice (delivered at commit).
 async fn append_events(
     conn: &mut PgConnection,
+    node: &str,
     trace_id: TraceId,
     state: Option<TraceState>,
     at: Millis,
@@ -306,11 +356,14 @@ async fn append_events(
             state,
         })
         .collect();
+    let notice = notices(node, &out).concat();
     sqlx::query(
-        "INSERT INTO trace_events (trace_id, seq, component, status, attempt, message, detail, state, at)
-         SELECT $1, s, c, st, a, m, d, $7, $8
-         FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::int[], $6::text[], $9::text[])
-             AS u(s, c, st, a, m, d)",
+        "WITH ins AS (
+             INSERT INTO trace_events (trace_id, seq, component, status, attempt, message, detail, state, at)
+             SELECT $1, s, c, st, a, m, d, $7, $8
+             FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::int[], $6::text[], $9::text[])
+                 AS u(s, c, st, a, m, d))
+         SELECT pg_notify($10, $11)",
     )
     .bind(&id)
     .bind(out.iter().map(|e| e.seq).collect::<Vec<_>>())
@@ -325,6 +378,8 @@ async fn append_events(
             .map(|e| e.detail.as_ref().map(Value::to_string))
             .collect::<Vec<_>>(),
     )
+    .bind(EVENTS_CHANNEL)
+    .bind(notice)
     .execute(&mut *conn)
     .await?;
     Ok(out)
@@ -353,6 +408,7 @@ async fn insert_outbox(
 /// business write; then the dedup mark, the command, its outbox rows, result and events.
 async fn attempt_in(
     conn: &mut PgConnection,
+    node: &str,
     claim: &Claim,
     work: &dyn AttemptWork,
     now: Millis,
@@ -411,6 +467,7 @@ async fn attempt_in(
     .await?;
     let events = append_events(
         conn,
+        node,
         claim.trace_id,
         Some(TraceState::Succeeded),
         now,
@@ -440,6 +497,23 @@ async fn read_events(
         .bind(trace_id.to_string())
         .bind(after_seq)
         .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(event_from_row).collect()
+}
+
+/// The events of several traces at once, each range `(trace, after, up to)`, in order.
+async fn read_ranges(pool: &PgPool, ranges: &[Range]) -> Result<Vec<TraceEvent>, StoreError> {
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM trace_events
+         JOIN UNNEST($1::text[], $2::bigint[], $3::bigint[]) AS u(t, lo, hi)
+             ON trace_id = u.t AND seq > u.lo AND seq <= u.hi
+         ORDER BY trace_id, seq"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(ranges.iter().map(|r| r.0.to_string()).collect::<Vec<_>>())
+        .bind(ranges.iter().map(|r| r.1).collect::<Vec<_>>())
+        .bind(ranges.iter().map(|r| r.2).collect::<Vec<_>>())
         .fetch_all(pool)
         .await?;
     rows.iter().map(event_from_row).collect()
@@ -541,7 +615,8 @@ impl Store for PgStore {
         if replayed == 0 || restarted == 0 {
             return Ok(None);
         }
-        let events = append_events(&mut tx, trace_id, None, now, &[event]).await?;
+        let events = append_events(&mut tx, &self.node, trace_id, None, now, &[event]).await?;
+        notify_work(&mut tx).await?;
         tx.commit().await?;
         self.sink.committed(&events);
         Ok(Some(Accepted {
@@ -581,6 +656,7 @@ impl Store for PgStore {
             events.extend(
                 append_events(
                     &mut tx,
+                    &self.node,
                     claim.trace_id,
                     Some(TraceState::Running),
                     now,
@@ -622,7 +698,7 @@ impl Store for PgStore {
         work: Arc<dyn AttemptWork>,
     ) -> Result<AttemptOutcome, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let (outcome, events) = attempt_in(&mut tx, claim, work.as_ref(), now_millis()).await?;
+        let (outcome, events) = attempt_in(&mut tx, &self.node, claim, work.as_ref(), now_millis()).await?;
         if matches!(outcome, AttemptOutcome::Committed) {
             tx.commit().await?;
             self.sink.committed(&events);
@@ -679,7 +755,11 @@ impl Store for PgStore {
             insert_outbox(&mut tx, &event, now).await?;
         }
         let events =
-            append_events(&mut tx, claim.trace_id, Some(state), now, &failure.events).await?;
+            append_events(&mut tx, &self.node, claim.trace_id, Some(state), now, &failure.events).await?;
+        if matches!(failure.next, Next::Retry { .. }) {
+            // Idle workers elsewhere learn when the retry is due.
+            notify_work(&mut tx).await?;
+        }
         tx.commit().await?;
         self.sink.committed(&events);
         Ok(true)
@@ -718,12 +798,14 @@ impl Store for PgStore {
         }
         let events = append_events(
             &mut tx,
+            &self.node,
             claim.trace_id,
             Some(TraceState::Retrying),
             now,
             &[event],
         )
         .await?;
+        notify_work(&mut tx).await?;
         tx.commit().await?;
         self.sink.committed(&events);
         Ok(true)
@@ -777,7 +859,7 @@ impl Store for PgStore {
             .rows_affected();
             if first == 1 {
                 let report = published(event.event_id, &event.event_type);
-                events.extend(append_events(&mut tx, event.trace_id, None, now, &[report]).await?);
+                events.extend(append_events(&mut tx, &self.node, event.trace_id, None, now, &[report]).await?);
             }
         }
         tx.commit().await?;
@@ -807,6 +889,10 @@ impl Store for PgStore {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    fn wakeups_live(&self) -> bool {
+        self.sink.live()
     }
 }
 
@@ -872,70 +958,5 @@ impl Tx for PgTx<'_> {
             });
         }
         Ok(Some(out))
-    }
-}
-
-// --- per-trace order in front of the hub -------------------------------------------------
-
-/// Hands committed events to the hub in per-trace sequence order. Transactions on the same
-/// trace commit in order (the trace row's lock), but the tasks that committed them may call
-/// in any order; an event that arrives ahead of its predecessor waits while the missing ones
-/// are read from the database, so subscribers see every event once, in order (G5).
-pub struct Sequencer {
-    tx: mpsc::UnboundedSender<Vec<TraceEvent>>,
-}
-
-impl Sequencer {
-    fn new(hub: Arc<dyn TraceSink>, pool: PgPool) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(sequence(hub, pool, rx));
-        Self { tx }
-    }
-
-    fn committed(&self, events: &[TraceEvent]) {
-        if !events.is_empty() {
-            let _ = self.tx.send(events.to_vec());
-        }
-    }
-}
-
-/// How long a trace's last delivered sequence number is remembered after its last event.
-const SEQUENCE_MEMORY_MS: i64 = 30_000;
-
-async fn sequence(
-    hub: Arc<dyn TraceSink>,
-    pool: PgPool,
-    mut rx: mpsc::UnboundedReceiver<Vec<TraceEvent>>,
-) {
-    // trace → (last delivered seq, when it was delivered)
-    let mut delivered: HashMap<TraceId, (i64, Millis)> = HashMap::new();
-    let mut last_prune = now_millis();
-    while let Some(events) = rx.recv().await {
-        let now = now_millis();
-        let mut out: Vec<TraceEvent> = Vec::with_capacity(events.len());
-        for event in events {
-            let last = delivered.get(&event.trace_id).map(|d| d.0);
-            match last {
-                Some(last) if event.seq <= last => continue, // delivered by a gap fill
-                Some(last) if event.seq > last + 1 => {
-                    // An earlier commit of this trace has not reached us yet: read it.
-                    match read_events(&pool, event.trace_id, last, event.seq - last - 1).await {
-                        Ok(missing) => out.extend(missing),
-                        Err(e) => {
-                            tracing::warn!(error = %e, trace.id = %event.trace_id, "gap fill failed; delivering out of order")
-                        }
-                    }
-                }
-                // The first event this process sees of a trace starts its sequence.
-                _ => {}
-            }
-            delivered.insert(event.trace_id, (event.seq, now));
-            out.push(event);
-        }
-        hub.committed(&out);
-        if now - last_prune > 5_000 {
-            delivered.retain(|_, (_, at)| now - *at < SEQUENCE_MEMORY_MS);
-            last_prune = now;
-        }
     }
 }
