@@ -25,7 +25,8 @@ use crate::schema::{self, Limits, SchemaDoc, Services};
 use crate::store::{PgStore, SqliteStore};
 
 pub struct Application {
-    listener: TcpListener,
+    /// `None` for a worker, which serves no HTTP.
+    listener: Option<TcpListener>,
     router: axum::Router,
     /// Cancelled to shut down: the HTTP server drains, the executor stops claiming.
     shutdown: CancellationToken,
@@ -42,6 +43,13 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let shared = config.database_url.starts_with("postgres");
+        if config.role != Role::All && !shared {
+            anyhow::bail!(
+                "separate API and worker processes need PostgreSQL (DATABASE_URL=postgres://…); \
+                 on SQLite, one `tether serve` runs both"
+            );
+        }
         let sdl = match &config.schema {
             Some(path) => std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?,
@@ -127,7 +135,7 @@ impl Application {
         );
         let shutdown = CancellationToken::new();
         let (tasks, attempts) = (TaskTracker::new(), TaskTracker::new());
-        if config.role == Role::All {
+        if config.role.executes() {
             pipeline.spawn(&shutdown, &tasks, &attempts);
         }
 
@@ -146,9 +154,15 @@ impl Application {
             }),
             shutdown: shutdown.clone(),
         });
-        let listener = TcpListener::bind(config.addr)
-            .await
-            .with_context(|| format!("binding {}", config.addr))?;
+        let listener = if config.role.serves_api() {
+            Some(
+                TcpListener::bind(config.addr)
+                    .await
+                    .with_context(|| format!("binding {}", config.addr))?,
+            )
+        } else {
+            None
+        };
         Ok(Self {
             listener,
             router,
@@ -162,14 +176,14 @@ impl Application {
         })
     }
 
-    pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
-    }
-
-    pub fn port(&self) -> u16 {
-        self.local_addr().port()
+    /// Where the API listens; `None` for a worker.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        let listener = self.listener.as_ref()?;
+        Some(
+            listener
+                .local_addr()
+                .expect("a bound listener has an address"),
+        )
     }
 
     /// Cancel it to shut the application down gracefully.
@@ -193,14 +207,19 @@ impl Application {
     /// flight (up to the grace period; what is left is taken back by lease expiry later).
     pub async fn run(self) -> anyhow::Result<()> {
         let shutdown = self.shutdown.clone();
-        // Trace events go out back to back; without TCP_NODELAY the later frames wait ~40 ms
-        // for the client's delayed ACK.
-        let listener = self.listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        axum::serve(listener, self.router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await?;
+        match self.listener {
+            Some(listener) => {
+                // Trace events go out back to back; without TCP_NODELAY the later frames wait
+                // ~40 ms for the client's delayed ACK.
+                let listener = listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
+                axum::serve(listener, self.router)
+                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                    .await?;
+            }
+            None => shutdown.cancelled().await,
+        }
         self.shutdown.cancel();
         self.attempts.close();
         if tokio::time::timeout(self.grace, self.attempts.wait())

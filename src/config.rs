@@ -24,8 +24,12 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve the GraphQL API and run the executor (the default).
+    /// Serve the GraphQL API and run the executor (the default). `--role api` serves the API
+    /// only, for replicas in front of separate workers.
     Serve(Config),
+    /// Run the executor only: claim commands from the shared PostgreSQL database, run them,
+    /// relay their outbox. No HTTP listener.
+    Worker(Config),
     /// Apply database migrations and exit.
     Migrate(Config),
 }
@@ -62,8 +66,21 @@ impl std::str::FromStr for Secret {
 pub enum Role {
     /// The GraphQL API and the executor.
     All,
-    /// The GraphQL API only; commands wait for an executor.
+    /// The GraphQL API only; `tether worker` processes run the commands.
     Api,
+    /// The executor only (`tether worker`).
+    #[value(skip)]
+    Worker,
+}
+
+impl Role {
+    pub fn serves_api(self) -> bool {
+        self != Role::Worker
+    }
+
+    pub fn executes(self) -> bool {
+        self != Role::Api
+    }
 }
 
 #[derive(Debug, Clone, Args)]

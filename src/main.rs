@@ -1,5 +1,5 @@
 use clap::Parser;
-use tether::config::{Cli, Command};
+use tether::config::{Cli, Command, Role};
 use tether::{Application, Config};
 use tracing_subscriber::EnvFilter;
 
@@ -21,13 +21,20 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Migrate(config)) => migrate(config).await,
         Some(Command::Serve(config)) => serve(config).await,
+        Some(Command::Worker(mut config)) => {
+            config.role = Role::Worker;
+            serve(config).await
+        }
         None => serve(cli.serve).await,
     }
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let app = Application::build(config).await?;
-    let addr = app.local_addr();
+    let Some(addr) = app.local_addr() else {
+        println!("tether worker ready");
+        return run_until_signal(app).await;
+    };
     tracing::info!(%addr, "tether listening");
     if let Some(key) = app.generated_key() {
         println!(
@@ -39,6 +46,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     } else {
         println!("tether is ready on http://{addr}/graphql");
     }
+    run_until_signal(app).await
+}
+
+/// Runs until SIGINT or SIGTERM, then shuts down gracefully.
+async fn run_until_signal(app: Application) -> anyhow::Result<()> {
     let shutdown = app.shutdown_token();
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -48,11 +60,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     app.run().await
 }
 
-async fn migrate(mut config: Config) -> anyhow::Result<()> {
-    config.addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    config.open_access = true;
-    Application::build(config).await?;
-    println!("migrations applied");
+async fn migrate(config: Config) -> anyhow::Result<()> {
+    let applied = tether::store::migrate::apply(&config.database_url).await?;
+    println!("{applied} migration(s) applied; the database is up to date");
     Ok(())
 }
 

@@ -1,7 +1,26 @@
 //! A small migration runner: the SQL files under `migrations/<dialect>/` are compiled into the
 //! binary and applied in order, each in its own transaction, once.
 
+use std::str::FromStr;
+
+use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Connection, PgConnection, SqliteConnection};
+
+/// Applies what is missing to the database at `url` (`tether migrate`); returns how many
+/// migrations ran.
+pub async fn apply(url: &str) -> Result<usize, sqlx::Error> {
+    if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        let mut conn = PgConnection::connect(url).await?;
+        let n = postgres(&mut conn).await?;
+        conn.close().await?;
+        return Ok(n);
+    }
+    let options = SqliteConnectOptions::from_str(url)?.create_if_missing(true);
+    let mut conn = SqliteConnection::connect_with(&options).await?;
+    let n = sqlite(&mut conn).await?;
+    conn.close().await?;
+    Ok(n)
+}
 
 /// (version, name, SQL) for the SQLite dialect, in order.
 const SQLITE: &[(i64, &str, &str)] = &[(

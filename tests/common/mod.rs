@@ -72,7 +72,7 @@ impl TestApp {
 
     pub async fn start(dir: PathBuf, config: Config) -> Self {
         let app = Application::build(config).await.expect("building the app");
-        let addr = app.local_addr();
+        let addr = app.local_addr().expect("the test app serves the API");
         let shutdown = app.shutdown_token();
         let bus = app.event_bus().clone();
         let stats = app.stats().clone();
