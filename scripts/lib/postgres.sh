@@ -47,23 +47,34 @@ pg_find_or_start() {
   pg_start_private
 }
 
-pg_start_private() {
-  pg_install
-  local port; port=$(pg_free_port)
-  PG_PRIVATE_DIR="$PWD/target/pg/$port"
-  rm -rf "$PG_PRIVATE_DIR"; mkdir -p "$PG_PRIVATE_DIR"
-  local run_as=()
-  # initdb refuses to run as root: use the postgres user for the private cluster.
+# initdb and pg_ctl refuse to run as root: as root, the private cluster runs as postgres.
+pg_run_as() {
+  PG_CTL_AS=()
   if [ "$(id -u)" = 0 ]; then
     id postgres >/dev/null 2>&1 || useradd --system --no-create-home postgres
-    chown -R postgres "$PG_PRIVATE_DIR"
-    run_as=(runuser -u postgres --)
+    PG_CTL_AS=(runuser -u postgres --)
   fi
-  "${run_as[@]}" "$(pg_bin initdb)" -D "$PG_PRIVATE_DIR/data" -U postgres -A trust >/dev/null
-  "${run_as[@]}" "$(pg_bin pg_ctl)" -D "$PG_PRIVATE_DIR/data" -l "$PG_PRIVATE_DIR/log" -w \
+}
+
+# Starts a private cluster on a free port under target/pg (or under $1).
+pg_start_private() {
+  pg_install
+  pg_run_as
+  local port; port=$(pg_free_port)
+  PG_PRIVATE_DIR="${1:-$PWD/target/pg}/$port"
+  rm -rf "$PG_PRIVATE_DIR"; mkdir -p "$PG_PRIVATE_DIR"
+  [ "$(id -u)" = 0 ] && chown -R postgres "$PG_PRIVATE_DIR"
+  "${PG_CTL_AS[@]}" "$(pg_bin initdb)" -D "$PG_PRIVATE_DIR/data" -U postgres -A trust >/dev/null
+  "${PG_CTL_AS[@]}" "$(pg_bin pg_ctl)" -D "$PG_PRIVATE_DIR/data" -l "$PG_PRIVATE_DIR/log" -w \
     -o "-p $port -k $PG_PRIVATE_DIR -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=on" start >/dev/null
   PG_URL="postgres://postgres@127.0.0.1:$port/postgres"; PG_ORIGIN="a private cluster in $PG_PRIVATE_DIR"
-  PG_CTL_AS=("${run_as[@]}")
+}
+
+# pg_ctl on the private cluster in $1 (e.g. `pg_private_ctl DIR restart -m immediate`).
+pg_private_ctl() {
+  local dir=$1; shift
+  pg_run_as
+  "${PG_CTL_AS[@]}" "$(pg_bin pg_ctl)" -D "$dir/data" -l "$dir/log" -w "$@" >/dev/null
 }
 
 # Drops the test databases and stops a private cluster.

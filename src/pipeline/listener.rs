@@ -45,10 +45,11 @@ impl Pipeline {
                         }
                     }
                     Err(e) => {
+                        // The database is unreachable: try again at the short interval.
                         tracing::error!(error = %e, "claim failed");
                         tokio::select! {
                             _ = cancel.cancelled() => break,
-                            _ = tokio::time::sleep(poll) => {}
+                            _ = tokio::time::sleep(self.short_wait()) => {}
                         }
                         continue;
                     }
@@ -61,7 +62,8 @@ impl Pipeline {
                 Ok(Some(due)) => Duration::from_millis(
                     (due - now_millis()).clamp(0, poll.as_millis() as i64) as u64,
                 ),
-                _ => poll,
+                Ok(None) => poll,
+                Err(_) => self.short_wait(),
             };
             if wait.is_zero() && free == 0 {
                 // Everything is due but no slot is free: wait for an attempt to finish.

@@ -144,6 +144,11 @@ impl Pipeline {
         std::time::Duration::from_millis(ms.max(1) as u64)
     }
 
+    /// How long to wait before trying the database again after an error.
+    fn short_wait(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.config.poll_ms.max(1) as u64)
+    }
+
     /// Starts the listener, the sweeper and the emitter on `tasks`; attempts run on
     /// `attempts`, so shutdown can wait for them separately.
     pub fn spawn(&self, cancel: &CancellationToken, tasks: &TaskTracker, attempts: &TaskTracker) {

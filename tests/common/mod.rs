@@ -226,6 +226,42 @@ impl WsClient {
         c
     }
 
+    /// Like `init`, but `None` when the server cannot be reached or does not acknowledge.
+    pub async fn try_init(addr: std::net::SocketAddr, protocol: &str, key: &str) -> Option<Self> {
+        let mut req = format!("ws://{addr}/graphql").into_client_request().ok()?;
+        req.headers_mut()
+            .insert("sec-websocket-protocol", protocol.parse().ok()?);
+        let (ws, _) = tokio_tungstenite::connect_async(req).await.ok()?;
+        let mut c = Self { ws };
+        let init = json!({ "type": "connection_init", "payload": { "x-api-key": key } });
+        c.ws.send(Message::Text(init.to_string().into()))
+            .await
+            .ok()?;
+        let ack = tokio::time::timeout(Duration::from_secs(10), c.next_frame())
+            .await
+            .ok()??;
+        (ack["type"] == "connection_ack").then_some(c)
+    }
+
+    /// The next JSON frame (skipping keep-alives), or None when the connection failed.
+    /// Unbounded: the caller sets its own timeout.
+    pub async fn next_frame(&mut self) -> Option<Value> {
+        loop {
+            match self.ws.next().await? {
+                Ok(Message::Text(t)) => {
+                    let v: Value = serde_json::from_str(t.as_str()).ok()?;
+                    if v["type"] == "ka" || v["type"] == "ping" || v["type"] == "pong" {
+                        continue;
+                    }
+                    return Some(v);
+                }
+                Ok(Message::Close(_)) => return Some(json!({ "type": "__close" })),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
     pub async fn send(&mut self, frame: Value) {
         self.ws
             .send(Message::Text(frame.to_string().into()))

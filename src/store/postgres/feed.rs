@@ -109,12 +109,13 @@ impl Feed {
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let live = Arc::new(Live::default());
+        let retry = tx.clone();
         let sequencer = {
             let stop = stop.clone();
             async move {
                 tokio::select! {
                     _ = stop.cancelled() => {}
-                    _ = sequence(hub, pool, rx) => {}
+                    _ = sequence(hub, pool, rx, retry) => {}
                 }
             }
         };
@@ -138,7 +139,15 @@ impl Feed {
 /// Messages handled together: their reads share one query.
 const BATCH: usize = 256;
 
-async fn sequence(hub: Arc<dyn TraceSink>, pool: PgPool, mut rx: mpsc::UnboundedReceiver<Msg>) {
+/// How long the feed waits before reading again after a failed read.
+const READ_RETRY: Duration = Duration::from_millis(200);
+
+async fn sequence(
+    hub: Arc<dyn TraceSink>,
+    pool: PgPool,
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+    retry: mpsc::UnboundedSender<Msg>,
+) {
     // watched trace → last sequence number delivered
     let mut delivered: HashMap<TraceId, i64> = HashMap::new();
     let mut batch = Vec::with_capacity(BATCH);
@@ -184,8 +193,8 @@ async fn sequence(hub: Arc<dyn TraceSink>, pool: PgPool, mut rx: mpsc::Unbounded
         for (&trace, &hi) in &upto {
             let from = delivered.get(&trace).copied().unwrap_or(0);
             let held = have.get(&trace);
-            let complete = hi != i64::MAX
-                && held.is_some_and(|m| (from + 1..=hi).all(|s| m.contains_key(&s)));
+            let complete =
+                hi != i64::MAX && held.is_some_and(|m| (from + 1..=hi).all(|s| m.contains_key(&s)));
             if hi > from && !complete {
                 wanted.push((trace, from, hi));
             }
@@ -194,11 +203,23 @@ async fn sequence(hub: Arc<dyn TraceSink>, pool: PgPool, mut rx: mpsc::Unbounded
             match read_ranges(&pool, &wanted).await {
                 Ok(rows) => {
                     for e in rows {
-                        have.entry(e.trace_id).or_default().entry(e.seq).or_insert(e);
+                        have.entry(e.trace_id)
+                            .or_default()
+                            .entry(e.seq)
+                            .or_insert(e);
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, traces = wanted.len(), "reading trace events for subscribers failed; delivering what is at hand")
+                    // Deliver nothing of these traces rather than a gap: ask again shortly.
+                    tracing::warn!(error = %e, traces = wanted.len(), "reading trace events for subscribers failed; retrying");
+                    for (trace, _, _) in &wanted {
+                        have.remove(trace);
+                    }
+                    let again = retry.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(READ_RETRY).await;
+                        let _ = again.send(Msg::Remote(wanted));
+                    });
                 }
             }
         }

@@ -698,7 +698,8 @@ impl Store for PgStore {
         work: Arc<dyn AttemptWork>,
     ) -> Result<AttemptOutcome, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let (outcome, events) = attempt_in(&mut tx, &self.node, claim, work.as_ref(), now_millis()).await?;
+        let (outcome, events) =
+            attempt_in(&mut tx, &self.node, claim, work.as_ref(), now_millis()).await?;
         if matches!(outcome, AttemptOutcome::Committed) {
             tx.commit().await?;
             self.sink.committed(&events);
@@ -754,8 +755,15 @@ impl Store for PgStore {
             let event = dead_lettered(claim, &failure);
             insert_outbox(&mut tx, &event, now).await?;
         }
-        let events =
-            append_events(&mut tx, &self.node, claim.trace_id, Some(state), now, &failure.events).await?;
+        let events = append_events(
+            &mut tx,
+            &self.node,
+            claim.trace_id,
+            Some(state),
+            now,
+            &failure.events,
+        )
+        .await?;
         if matches!(failure.next, Next::Retry { .. }) {
             // Idle workers elsewhere learn when the retry is due.
             notify_work(&mut tx).await?;
@@ -859,7 +867,10 @@ impl Store for PgStore {
             .rows_affected();
             if first == 1 {
                 let report = published(event.event_id, &event.event_type);
-                events.extend(append_events(&mut tx, &self.node, event.trace_id, None, now, &[report]).await?);
+                events.extend(
+                    append_events(&mut tx, &self.node, event.trace_id, None, now, &[report])
+                        .await?,
+                );
             }
         }
         tx.commit().await?;
