@@ -85,6 +85,25 @@ impl Tether {
     }
 }
 
+impl Tether {
+    /// SIGTERM; returns the exit status and how long the process took to stop.
+    async fn terminate(&mut self) -> (std::process::ExitStatus, Duration) {
+        let pid = self.child.id().expect("a running process").to_string();
+        let t = Instant::now();
+        let kill = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .expect("kill");
+        assert!(kill.success());
+        let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("stopped within 20 s")
+            .expect("reaping");
+        (status, t.elapsed())
+    }
+}
+
 /// Where clients go: the API replicas that are still up, first choice first.
 type Replicas = Arc<RwLock<Vec<SocketAddr>>>;
 
@@ -612,4 +631,70 @@ async fn a_postgres_crash_restart_loses_no_event_for_live_subscribers() {
         );
     }
     drop(api);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_each_role_gracefully_and_a_released_attempt_does_not_count() {
+    let db = common::TestDb::new(common::Backend::Postgres, "cluster").await;
+    let logs = scratch_dir("cluster-logs");
+    let mut api = Tether::start(
+        &["serve", "--role", "api", "--addr", "127.0.0.1:0"],
+        &db.url,
+        &logs,
+    )
+    .await;
+    let mut worker = Tether::start(&["worker"], &db.url, &logs).await;
+    let replicas: Replicas = Arc::new(RwLock::new(vec![api.addr.expect("an API address")]));
+    let http = reqwest::Client::new();
+    let input = json!({
+        "customerId": "c-slow",
+        "items": [{ "sku": "tea", "quantity": 1, "unitPriceCents": 100 }],
+        // Every first attempt waits 3 s (a released attempt is the first one again).
+        "faults": { "delayMs": 3_000 },
+    });
+    let trace = submit(&http, &replicas, 0, input, "slow").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while running(&db.url).await < 1 {
+        assert!(Instant::now() < deadline, "the attempt never started");
+        tokio::task::yield_now().await;
+    }
+
+    // The worker stops at once: its attempt is waiting, so it gives the lease back instead
+    // of finishing it.
+    let (status, took) = worker.terminate().await;
+    assert!(status.success(), "worker exit: {status}");
+    assert!(
+        took < Duration::from_secs(2),
+        "the worker took {took:?} to stop"
+    );
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let (state, attempts): (String, i32) =
+        sqlx::query_as("SELECT state, attempts FROM commands WHERE trace_id = $1")
+            .bind(&trace)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(
+        (state.as_str(), attempts),
+        ("RETRYING", 0),
+        "released, not counted"
+    );
+
+    // A new worker takes it over; the delay applies to the first attempt only.
+    let _next = Tether::start(&["worker"], &db.url, &logs).await;
+    let seen = follow(http.clone(), replicas.clone(), 0, trace.clone()).await;
+    assert_in_order(&trace, &seen);
+    let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM commands WHERE trace_id = $1")
+        .bind(&trace)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(attempts, 1, "the released attempt did not count");
+
+    let (status, took) = api.terminate().await;
+    assert!(status.success(), "API exit: {status}");
+    assert!(
+        took < Duration::from_secs(10),
+        "the API took {took:?} to stop"
+    );
 }
