@@ -12,9 +12,8 @@ fn error_type(body: &Value) -> &str {
         .unwrap_or_else(|| panic!("no errorType in {body}"))
 }
 
-#[tokio::test]
-async fn create_order_answers_with_a_trace_id_that_runs_to_success() {
-    let app = TestApp::spawn().await;
+async fn create_order_answers_with_a_trace_id_that_runs_to_success(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     let mut bus = app.bus.subscribe();
     let body = app
         .gql(ALICE, CREATE_ORDER, json!({ "i": order("c-1") }))
@@ -72,13 +71,12 @@ async fn create_order_answers_with_a_trace_id_that_runs_to_success() {
         detail["events"][0]["eventId"],
         published.event_id.to_string()
     );
-    assert_eq!(orders_of(&app.dir, trace_id).await, 1);
+    assert_eq!(orders_of(&app.db, trace_id).await, 1);
     app.stop().await;
 }
 
-#[tokio::test]
-async fn handler_validation_fails_fast_and_stores_nothing() {
-    let app = TestApp::spawn().await;
+async fn handler_validation_fails_fast_and_stores_nothing(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     let bad = json!({ "customerId": "c-1", "items": [{ "sku": "tea", "quantity": 0, "unitPriceCents": 1 }] });
     let body = app.gql(ALICE, CREATE_ORDER, json!({ "i": bad })).await;
     assert_eq!(error_type(&body), "ValidationError");
@@ -90,18 +88,12 @@ async fn handler_validation_fails_fast_and_stores_nothing() {
     let empty = json!({ "customerId": "  ", "items": [] });
     let body = app.gql(ALICE, CREATE_ORDER, json!({ "i": empty })).await;
     assert_eq!(error_type(&body), "ValidationError");
-    let mut conn = db(&app.dir).await;
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM commands")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(n, 0);
+    assert_eq!(app.db.count("SELECT count(*) FROM commands").await, 0);
     app.stop().await;
 }
 
-#[tokio::test]
-async fn aws_scalars_are_validated_on_input() {
-    let app = TestApp::spawn().await;
+async fn aws_scalars_are_validated_on_input(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     for (field, value) in [
         ("email", json!("not-an-email")),
         ("deliverBy", json!("2024-02-30")),
@@ -126,20 +118,20 @@ async fn aws_scalars_are_validated_on_input() {
     input["metadata"] = json!("{\"gift\": true}");
     let trace_id = app.create_order(ALICE, input).await;
     app.wait_state(ALICE, &trace_id, &["SUCCEEDED"]).await;
-    let mut conn = db(&app.dir).await;
-    let payload: String = sqlx::query_scalar("SELECT payload FROM commands WHERE trace_id = $1")
-        .bind(&trace_id)
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    let payload: Value = serde_json::from_str(&payload).unwrap();
+    let rows = app
+        .db
+        .rows(
+            "SELECT payload FROM commands WHERE trace_id = $1",
+            &[&trace_id],
+        )
+        .await;
+    let payload: Value = serde_json::from_str(rows[0][0].as_str().unwrap()).unwrap();
     assert_eq!(payload["metadata"], json!({ "gift": true }));
     app.stop().await;
 }
 
-#[tokio::test]
-async fn same_idempotency_key_same_caller_same_trace() {
-    let app = TestApp::spawn().await;
+async fn same_idempotency_key_same_caller_same_trace(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     let vars = json!({ "i": order("c-1"), "k": "order-42" });
     let first =
         app.gql(ALICE, CREATE_ORDER, vars.clone()).await["data"]["createOrder"]["traceId"].clone();
@@ -163,18 +155,12 @@ async fn same_idempotency_key_same_caller_same_trace() {
         )
         .await;
     assert_eq!(error_type(&other), "IdempotencyConflict");
-    let mut conn = db(&app.dir).await;
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM commands")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(n, 2);
+    assert_eq!(app.db.count("SELECT count(*) FROM commands").await, 2);
     app.stop().await;
 }
 
-#[tokio::test]
-async fn traces_are_private_to_their_owner() {
-    let app = TestApp::spawn().await;
+async fn traces_are_private_to_their_owner(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     let trace_id = app.create_order(ALICE, order("c-1")).await;
     app.wait_state(ALICE, &trace_id, &["SUCCEEDED"]).await;
     // Bob gets exactly what he would get for a trace that does not exist.
@@ -351,3 +337,11 @@ async fn embedded_mode_generates_one_key_and_keeps_it() {
     let third = tether::Application::build(config).await.unwrap();
     assert_eq!(third.generated_key(), None);
 }
+
+contract!(
+    create_order_answers_with_a_trace_id_that_runs_to_success,
+    handler_validation_fails_fast_and_stores_nothing,
+    aws_scalars_are_validated_on_input,
+    same_idempotency_key_same_caller_same_trace,
+    traces_are_private_to_their_owner,
+);

@@ -1,12 +1,12 @@
 //! The real binary, killed: `kill -9` in the middle of a load and an injected `abort()` in an
 //! attempt. After a restart every accepted trace reaches exactly one terminal state, no order
-//! is written twice, and crashes count as attempts (G1, G2, G3, G6).
+//! is written twice, and crashes count as attempts (G1, G2, G3, G6). Each test runs on SQLite
+//! and on PostgreSQL.
 
 mod common;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,10 +22,10 @@ struct Server {
 }
 
 impl Server {
-    fn start(dir: &Path) -> Server {
+    fn start(db: &TestDb) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
             .args(["serve", "--addr", "127.0.0.1:0", "--fault-injection"])
-            .args(["--database-url", &sqlite_url(dir)])
+            .args(["--database-url", &db.url])
             .args(["--api-keys", &format!("alice:{ALICE}")])
             .args([
                 "--lease-ms",
@@ -117,10 +117,9 @@ impl Drop for Server {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_mid_load_loses_nothing_and_duplicates_nothing() {
-    let dir = scratch_dir("kill9");
-    let mut server = Server::start(&dir);
+async fn kill_9_mid_load_loses_nothing_and_duplicates_nothing(backend: Backend) {
+    let db = TestDb::new(backend, "kill9").await;
+    let mut server = Server::start(&db);
     let accepted = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let stop_at = Instant::now() + Duration::from_millis(1500);
     let mut clients = Vec::new();
@@ -170,7 +169,7 @@ async fn kill_9_mid_load_loses_nothing_and_duplicates_nothing() {
     }
     let accepted: Vec<String> = accepted.lock().unwrap().clone();
 
-    let server = Server::start(&dir);
+    let server = Server::start(&db);
     let mut unique = HashSet::new();
     for trace_id in &accepted {
         assert!(
@@ -182,53 +181,33 @@ async fn kill_9_mid_load_loses_nothing_and_duplicates_nothing() {
         assert!(trace["attempts"].as_i64().unwrap() <= 4, "{trace}");
     }
     // Every command in the database (answered or not) ran to one end, and wrote its order once.
-    let mut conn = db(&dir).await;
-    let open: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM commands WHERE state NOT IN ('SUCCEEDED','FAILED','DEAD_LETTERED')",
-    )
-    .fetch_one(&mut conn)
-    .await
-    .unwrap();
-    let commands: i64 = sqlx::query_scalar("SELECT count(*) FROM commands")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    let duplicated: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT trace_id FROM orders GROUP BY trace_id HAVING count(*) > 1)",
-    )
-    .fetch_one(&mut conn)
-    .await
-    .unwrap();
-    let succeeded_without_order: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM commands c WHERE state = 'SUCCEEDED' AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.trace_id = c.trace_id)",
-    )
-    .fetch_one(&mut conn)
-    .await
-    .unwrap();
-    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
+    let open = db
+        .count("SELECT count(*) FROM commands WHERE state NOT IN ('SUCCEEDED','FAILED','DEAD_LETTERED')")
+        .await;
+    let commands = db.count("SELECT count(*) FROM commands").await;
+    let duplicated = db
+        .count("SELECT count(*) FROM (SELECT trace_id FROM orders GROUP BY trace_id HAVING count(*) > 1) AS d")
+        .await;
+    let succeeded_without_order = db
+        .count("SELECT count(*) FROM commands c WHERE state = 'SUCCEEDED' AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.trace_id = c.trace_id)")
+        .await;
+    let orders = db.count("SELECT count(*) FROM orders").await;
     assert_eq!(open, 0, "commands left unfinished");
     assert_eq!(duplicated, 0, "orders written twice (G3)");
     assert_eq!(succeeded_without_order, 0);
     assert_eq!(orders, commands, "one order per command");
-    let crashed: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM trace_events WHERE message LIKE '%lost its lease%'",
-    )
-    .fetch_one(&mut conn)
-    .await
-    .unwrap();
+    let crashed = db
+        .count("SELECT count(*) FROM trace_events WHERE message LIKE '%lost its lease%'")
+        .await;
     eprintln!(
         "accepted {} answered commands of {commands} stored; {crashed} attempts were cut by the kill",
         accepted.len()
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crash_in_an_attempt_counts_as_an_attempt() {
-    let dir = scratch_dir("abort");
-    let server = Server::start(&dir);
+async fn a_crash_in_an_attempt_counts_as_an_attempt(backend: Backend) {
+    let db = TestDb::new(backend, "abort").await;
+    let server = Server::start(&db);
     let body = server
         .gql(
             CREATE_ORDER,
@@ -256,7 +235,7 @@ async fn a_crash_in_an_attempt_counts_as_an_attempt() {
     );
     drop(server);
 
-    let server = Server::start(&dir);
+    let server = Server::start(&db);
     let trace = server.wait_terminal(&trace_id).await;
     assert_eq!(trace["state"], "SUCCEEDED", "{trace}");
     assert_eq!(trace["attempts"], 2, "the crashed attempt counts: {trace}");
@@ -272,5 +251,11 @@ async fn a_crash_in_an_attempt_counts_as_an_attempt() {
             .any(|m| m.contains("attempt 1 lost its lease")),
         "{messages:?}"
     );
-    assert_eq!(orders_of(&dir, &trace_id).await, 1);
+    assert_eq!(orders_of(&db, &trace_id).await, 1);
 }
+
+contract!(
+    multi_thread;
+    kill_9_mid_load_loses_nothing_and_duplicates_nothing,
+    a_crash_in_an_attempt_counts_as_an_attempt,
+);

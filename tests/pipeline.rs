@@ -31,9 +31,8 @@ fn assert_seqs_strictly_increase(trace: &Value) {
     );
 }
 
-#[tokio::test]
-async fn technical_errors_retry_and_failed_attempts_leave_no_trace_in_the_data() {
-    let app = TestApp::spawn().await;
+async fn technical_errors_retry_and_failed_attempts_leave_no_trace_in_the_data(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     let mut bus = app.bus.subscribe();
     let trace_id = app
         .create_order(ALICE, faulty_order(json!({ "failAttempts": 2 })))
@@ -55,14 +54,11 @@ async fn technical_errors_retry_and_failed_attempts_leave_no_trace_in_the_data()
         retries[0]
     );
     // The two failed attempts wrote an order and announced OrderCreated; both rolled back.
-    assert_eq!(orders_of(&app.dir, &trace_id).await, 1);
+    assert_eq!(orders_of(&app.db, &trace_id).await, 1);
     assert_eq!(
-        count(
-            &app.dir,
-            "SELECT count(*) FROM outbox WHERE trace_id = $1",
-            &trace_id
-        )
-        .await,
+        app.db
+            .scalar("SELECT count(*) FROM outbox WHERE trace_id = $1", &trace_id)
+            .await,
         1
     );
     let published = tokio::time::timeout(Duration::from_secs(10), bus.recv())
@@ -79,9 +75,8 @@ async fn technical_errors_retry_and_failed_attempts_leave_no_trace_in_the_data()
     app.stop().await;
 }
 
-#[tokio::test]
-async fn exhausted_retries_become_one_faithful_dead_letter_that_can_be_replayed() {
-    let app = TestApp::spawn().await;
+async fn exhausted_retries_become_one_faithful_dead_letter_that_can_be_replayed(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     let mut input = faulty_order(json!({ "failAttempts": 9 }));
     input["note"] = json!("keep me");
     let trace_id = app.create_order(ALICE, input).await;
@@ -101,7 +96,7 @@ async fn exhausted_retries_become_one_faithful_dead_letter_that_can_be_replayed(
             .contains("dead-lettered"),
         "{verdict}"
     );
-    assert_eq!(orders_of(&app.dir, &trace_id).await, 0);
+    assert_eq!(orders_of(&app.db, &trace_id).await, 0);
 
     let q = "{ deadLetters { items { traceId commandType payload attempts series history lastError replayedAt } nextToken } }";
     let page = app.gql(ALICE, q, json!({})).await;
@@ -135,14 +130,14 @@ async fn exhausted_retries_become_one_faithful_dead_letter_that_can_be_replayed(
         1
     );
     // The dead letter also went out as an event.
-    let mut conn = db(&app.dir).await;
-    let types: Vec<String> =
-        sqlx::query_scalar("SELECT event_type FROM outbox WHERE trace_id = $1")
-            .bind(&trace_id)
-            .fetch_all(&mut conn)
-            .await
-            .unwrap();
-    assert_eq!(types, ["CommandDeadLettered"]);
+    let types = app
+        .db
+        .rows(
+            "SELECT event_type FROM outbox WHERE trace_id = $1",
+            &[&trace_id],
+        )
+        .await;
+    assert_eq!(types, [[json!("CommandDeadLettered")]]);
 
     // Bob cannot replay it; Alice can, once; the new series runs clean.
     let replay = "mutation($t: ID!) { replayDeadLetter(traceId: $t) { traceId status } }";
@@ -161,15 +156,14 @@ async fn exhausted_retries_become_one_faithful_dead_letter_that_can_be_replayed(
         (Some(2), Some(1))
     );
     assert_seqs_strictly_increase(&trace);
-    assert_eq!(orders_of(&app.dir, &trace_id).await, 1);
+    assert_eq!(orders_of(&app.db, &trace_id).await, 1);
     let page = app.gql(ALICE, q, json!({})).await;
     assert!(page["data"]["deadLetters"]["items"][0]["replayedAt"].is_string());
     app.stop().await;
 }
 
-#[tokio::test]
-async fn business_errors_fail_at_once_without_retry() {
-    let app = TestApp::spawn().await;
+async fn business_errors_fail_at_once_without_retry(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     let cancel = "mutation($i: CancelOrderInput!) { cancelOrder(input: $i) { traceId } }";
     let ship = "mutation($i: ShipOrderInput!) { shipOrder(input: $i) { traceId } }";
     let submit = |q: &'static str, order_id: String| {
@@ -218,11 +212,10 @@ async fn business_errors_fail_at_once_without_retry() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_zombie_attempts_late_commit_is_fenced_off() {
+async fn a_zombie_attempts_late_commit_is_fenced_off(backend: Backend) {
     // Attempt 1 freezes (heartbeat stopped) past its lease; the sweeper counts it, attempt 2
     // commits; then attempt 1 wakes and tries to commit.
-    let app = TestApp::spawn_with(|c| {
+    let app = TestApp::spawn_on_with(backend, |c| {
         c.lease_ms = 300;
         c.heartbeat_ms = 100;
     })
@@ -246,7 +239,7 @@ async fn a_zombie_attempts_late_commit_is_fenced_off() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(orders_of(&app.dir, &trace_id).await, 1);
+    assert_eq!(orders_of(&app.db, &trace_id).await, 1);
     let after = app.trace(ALICE, &trace_id).await;
     assert_eq!(after["state"], "SUCCEEDED");
     assert_eq!(
@@ -259,15 +252,15 @@ async fn a_zombie_attempts_late_commit_is_fenced_off() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn graceful_shutdown_releases_in_flight_work_without_counting_it() {
-    let app = TestApp::spawn_with(|c| c.shutdown_grace_ms = 2_000).await;
+async fn graceful_shutdown_releases_in_flight_work_without_counting_it(backend: Backend) {
+    let app = TestApp::spawn_on_with(backend, |c| c.shutdown_grace_ms = 2_000).await;
     let trace_id = app
         .create_order(ALICE, faulty_order(json!({ "delayMs": 1_500 })))
         .await;
     app.wait_state(ALICE, &trace_id, &["RUNNING"]).await;
-    let dir = app.stop().await;
-    let app = TestApp::start(dir.clone(), test_config(&dir)).await;
+    let db = app.stop().await;
+    let config = test_config(&db);
+    let app = TestApp::start(db, config).await;
     let trace = app.wait_state(ALICE, &trace_id, &["SUCCEEDED"]).await;
     // The released attempt is not counted: attempt 1 ran again (delay included) and committed.
     assert_eq!(trace["attempts"], 1);
@@ -278,7 +271,7 @@ async fn graceful_shutdown_releases_in_flight_work_without_counting_it() {
             .contains("released at shutdown")),
         "{trace}"
     );
-    assert_eq!(orders_of(&app.dir, &trace_id).await, 1);
+    assert_eq!(orders_of(&app.db, &trace_id).await, 1);
     app.stop().await;
 }
 
@@ -302,17 +295,12 @@ impl Publisher for LossyPublisher {
     }
 }
 
-#[tokio::test]
-async fn side_effects_are_published_at_least_once_with_stable_ids() {
+async fn side_effects_are_published_at_least_once_with_stable_ids(backend: Backend) {
     // The library level: a store, a pipeline drained deterministically with run_once, and a
     // publisher that loses acknowledgements.
-    let dir = scratch_dir("outbox");
+    let db = TestDb::new(backend, "outbox").await;
     let hub = tether::hub::Hub::new(HashMap::new(), 16, 240_000);
-    let store: Arc<dyn Store> = Arc::new(
-        tether::store::SqliteStore::open(&sqlite_url(&dir), hub, 100)
-            .await
-            .unwrap(),
-    );
+    let store: Arc<dyn Store> = db.store(hub, 100).await;
     let publisher = Arc::new(LossyPublisher {
         seen: Mutex::new(Vec::new()),
         lose: Mutex::new(2),
@@ -372,12 +360,18 @@ async fn side_effects_are_published_at_least_once_with_stable_ids() {
             _ => continue,
         }
     }
-    let mut conn = db(&dir).await;
-    let rows: Vec<(String, String, Option<i64>)> =
-        sqlx::query_as("SELECT event_id, payload, sent_at FROM outbox")
-            .fetch_all(&mut conn)
-            .await
-            .unwrap();
+    let rows: Vec<(String, String, Option<i64>)> = db
+        .rows("SELECT event_id, payload, sent_at FROM outbox", &[])
+        .await
+        .into_iter()
+        .map(|r| {
+            (
+                r[0].as_str().unwrap().to_owned(),
+                r[1].as_str().unwrap().to_owned(),
+                r[2].as_i64(),
+            )
+        })
+        .collect();
     assert_eq!(
         rows.len(),
         5,
@@ -407,3 +401,12 @@ async fn side_effects_are_published_at_least_once_with_stable_ids() {
         );
     }
 }
+
+contract!(
+    technical_errors_retry_and_failed_attempts_leave_no_trace_in_the_data,
+    exhausted_retries_become_one_faithful_dead_letter_that_can_be_replayed,
+    business_errors_fail_at_once_without_retry,
+    a_zombie_attempts_late_commit_is_fenced_off,
+    graceful_shutdown_releases_in_flight_work_without_counting_it,
+    side_effects_are_published_at_least_once_with_stable_ids,
+);

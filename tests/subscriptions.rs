@@ -16,9 +16,8 @@ fn is_terminal_success(e: &Value) -> bool {
     e["component"] == "TransactionManager" && e["status"] == "SUCCESS"
 }
 
-#[tokio::test]
-async fn history_then_live_merges_without_gap_or_duplicate() {
-    let app = TestApp::spawn().await;
+async fn history_then_live_merges_without_gap_or_duplicate(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     // Attempt 1 is slow and attempt 1 and 2 fail: the trace keeps producing events while the
     // client subscribes and reads the history.
     let trace_id = app
@@ -255,3 +254,5 @@ async fn per_connection_limits_hold() {
     );
     app.stop().await;
 }
+
+contract!(history_then_live_merges_without_gap_or_duplicate);

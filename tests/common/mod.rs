@@ -1,5 +1,5 @@
-//! Test helpers: the real application on port 0 against a fresh SQLite file, a real HTTP
-//! client and a real WebSocket client.
+//! Test helpers: the real application on port 0 against a fresh database (a SQLite file or a
+//! PostgreSQL database), a real HTTP client and a real WebSocket client.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -34,8 +34,8 @@ pub fn sqlite_url(dir: &std::path::Path) -> String {
 
 /// A configuration for tests: alice and bob as users, ops as admin, fault injection on, short
 /// timings so retries and leases play out in well under a second.
-pub fn test_config(dir: &std::path::Path) -> Config {
-    let mut c = Config::for_tests(sqlite_url(dir));
+pub fn test_config(db: &TestDb) -> Config {
+    let mut c = Config::for_tests(db.url.clone());
     c.api_keys = tether::config::Secret::new(format!("alice:{ALICE},bob:{BOB}"));
     c.admin_api_keys = tether::config::Secret::new(format!("ops:{ADMIN}"));
     c.fault_injection = true;
@@ -50,7 +50,7 @@ pub fn test_config(dir: &std::path::Path) -> Config {
 
 pub struct TestApp {
     pub addr: std::net::SocketAddr,
-    pub dir: PathBuf,
+    pub db: TestDb,
     pub http: reqwest::Client,
     pub shutdown: tokio_util::sync::CancellationToken,
     pub bus: tether::bus::EventBus,
@@ -59,18 +59,27 @@ pub struct TestApp {
 }
 
 impl TestApp {
+    /// On SQLite (the transport tests, which do not depend on the store).
     pub async fn spawn() -> Self {
         Self::spawn_with(|_| {}).await
     }
 
     pub async fn spawn_with(configure: impl FnOnce(&mut Config)) -> Self {
-        let dir = scratch_dir("app");
-        let mut config = test_config(&dir);
-        configure(&mut config);
-        Self::start(dir, config).await
+        Self::spawn_on_with(Backend::Sqlite, configure).await
     }
 
-    pub async fn start(dir: PathBuf, config: Config) -> Self {
+    pub async fn spawn_on(backend: Backend) -> Self {
+        Self::spawn_on_with(backend, |_| {}).await
+    }
+
+    pub async fn spawn_on_with(backend: Backend, configure: impl FnOnce(&mut Config)) -> Self {
+        let db = TestDb::new(backend, "app").await;
+        let mut config = test_config(&db);
+        configure(&mut config);
+        Self::start(db, config).await
+    }
+
+    pub async fn start(db: TestDb, config: Config) -> Self {
         let app = Application::build(config).await.expect("building the app");
         let addr = app.local_addr().expect("the test app serves the API");
         let shutdown = app.shutdown_token();
@@ -79,7 +88,7 @@ impl TestApp {
         let handle = tokio::spawn(app.run());
         Self {
             addr,
-            dir,
+            db,
             http: reqwest::Client::new(),
             shutdown,
             bus,
@@ -92,11 +101,11 @@ impl TestApp {
         format!("http://{}/graphql", self.addr)
     }
 
-    /// Shuts the app down gracefully and waits for it.
-    pub async fn stop(self) -> PathBuf {
+    /// Shuts the app down gracefully and waits for it; returns its database.
+    pub async fn stop(self) -> TestDb {
         self.shutdown.cancel();
         self.handle.await.expect("app task").expect("app run");
-        self.dir
+        self.db
     }
 
     /// POSTs a GraphQL request; returns (HTTP status, JSON body).
@@ -163,31 +172,10 @@ pub fn faulty_order(faults: Value) -> Value {
     o
 }
 
-/// Opens a sqlx connection to the app's database (to count effects directly).
-pub async fn db(dir: &std::path::Path) -> sqlx::SqliteConnection {
-    use sqlx::Connection;
-    sqlx::SqliteConnection::connect(&sqlite_url(dir))
-        .await
-        .expect("opening the test database")
-}
-
-pub async fn count(dir: &std::path::Path, sql: &'static str, trace_id: &str) -> i64 {
-    let mut conn = db(dir).await;
-    sqlx::query_scalar(sql)
-        .bind(trace_id)
-        .fetch_one(&mut conn)
-        .await
-        .expect("count query")
-}
-
 /// How many orders a trace wrote (G3: exactly one for a successful createOrder).
-pub async fn orders_of(dir: &std::path::Path, trace_id: &str) -> i64 {
-    count(
-        dir,
-        "SELECT count(*) FROM orders WHERE trace_id = $1",
-        trace_id,
-    )
-    .await
+pub async fn orders_of(db: &TestDb, trace_id: &str) -> i64 {
+    db.scalar("SELECT count(*) FROM orders WHERE trace_id = $1", trace_id)
+        .await
 }
 
 /// A `graphql-transport-ws` (or legacy `graphql-ws`) client.
@@ -382,23 +370,66 @@ impl TestDb {
 
     /// One `count(*)`-style number, `$1` bound to `arg`.
     pub async fn scalar(&self, sql: &'static str, arg: &str) -> i64 {
-        use sqlx::Connection;
+        let rows = self.rows(sql, &[arg]).await;
+        rows[0][0].as_i64().expect("an integer")
+    }
+
+    /// A `count(*)`-style number of a query without arguments.
+    pub async fn count(&self, sql: &'static str) -> i64 {
+        let rows = self.rows(sql, &[]).await;
+        rows[0][0].as_i64().expect("an integer")
+    }
+
+    /// Every row of a query, its columns as JSON (integers, floats, text, null); `$N` bound to
+    /// the text `args`.
+    pub async fn rows(&self, sql: &'static str, args: &[&str]) -> Vec<Vec<Value>> {
+        use sqlx::{Connection, Row, ValueRef};
+        fn column<'r, R: Row>(row: &'r R, i: usize) -> Value
+        where
+            usize: sqlx::ColumnIndex<R>,
+            i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+            i32: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+            f64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+            String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        {
+            if row.try_get_raw(i).map(|v| v.is_null()).unwrap_or(true) {
+                return Value::Null;
+            }
+            if let Ok(v) = row.try_get::<i64, _>(i) {
+                return v.into();
+            }
+            if let Ok(v) = row.try_get::<i32, _>(i) {
+                return v.into();
+            }
+            if let Ok(v) = row.try_get::<f64, _>(i) {
+                return v.into();
+            }
+            row.try_get::<String, _>(i)
+                .map(Value::from)
+                .unwrap_or_else(|e| panic!("column {i}: {e}"))
+        }
         match self.backend {
             Backend::Sqlite => {
                 let mut conn = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
-                sqlx::query_scalar(sql)
-                    .bind(arg)
-                    .fetch_one(&mut conn)
-                    .await
-                    .unwrap()
+                let mut q = sqlx::query(sql);
+                for a in args {
+                    q = q.bind(*a);
+                }
+                let rows = q.fetch_all(&mut conn).await.expect("query");
+                rows.iter()
+                    .map(|r| (0..r.columns().len()).map(|i| column(r, i)).collect())
+                    .collect()
             }
             Backend::Postgres => {
                 let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
-                sqlx::query_scalar(sql)
-                    .bind(arg)
-                    .fetch_one(&mut conn)
-                    .await
-                    .unwrap()
+                let mut q = sqlx::query(sql);
+                for a in args {
+                    q = q.bind(*a);
+                }
+                let rows = q.fetch_all(&mut conn).await.expect("query");
+                rows.iter()
+                    .map(|r| (0..r.columns().len()).map(|i| column(r, i)).collect())
+                    .collect()
             }
         }
     }
@@ -428,6 +459,14 @@ impl TestDb {
 /// `sqlite::name` and `postgres::name`.
 #[macro_export]
 macro_rules! contract {
+    (multi_thread; $($name:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Sqlite).await } )*
+        }
+        mod postgres {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Postgres).await } )*
+        }
+    };
     ($($name:ident),* $(,)?) => {
         mod sqlite {
             $( #[tokio::test] async fn $name() { super::$name(super::Backend::Sqlite).await } )*
