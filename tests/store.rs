@@ -328,3 +328,34 @@ async fn concurrent_claimers_never_share_a_command(backend: Backend) {
     assert_eq!(all.len(), 200, "every command claimed");
     assert_eq!(distinct.len(), 200, "no command claimed twice");
 }
+
+/// PostgreSQL only (the mechanism differs): emitters in different processes take disjoint
+/// outbox rows, and an emitter that failed to publish takes its own rows again at once.
+#[tokio::test]
+async fn postgres_emitters_of_different_processes_take_disjoint_outbox_rows() {
+    let db = TestDb::new(Backend::Postgres, "outbox").await;
+    let hub = || tether::hub::Hub::new(HashMap::new(), 16, 240_000);
+    let (a, b) = (db.store(hub(), 100).await, db.store(hub(), 100).await);
+    for i in 0..10 {
+        let trace = a.accept(command("alice", None)).await.unwrap().trace_id;
+        db.rows(
+            "INSERT INTO outbox (event_id, trace_id, event_type, payload, created_at)
+             VALUES (gen_random_uuid()::text, $1, 'OrderCreated', '{}', $2::bigint)",
+            &[&trace.to_string(), &i.to_string()],
+        )
+        .await;
+    }
+    let first = a.unsent_outbox(6).await.unwrap();
+    let second = b.unsent_outbox(100).await.unwrap();
+    assert_eq!((first.len(), second.len()), (6, 4), "disjoint, all taken");
+    let ids = |v: &[tether::domain::OutboxEvent]| -> std::collections::HashSet<_> {
+        v.iter().map(|e| e.event_id).collect()
+    };
+    assert!(ids(&first).is_disjoint(&ids(&second)));
+    // Each, retrying, gets its own rows back and none of the other's.
+    assert_eq!(ids(&b.unsent_outbox(100).await.unwrap()), ids(&second));
+    assert_eq!(ids(&a.unsent_outbox(100).await.unwrap()), ids(&first));
+    // Once sent, no one takes them again.
+    a.mark_sent(&first).await.unwrap();
+    assert!(a.unsent_outbox(100).await.unwrap().is_empty());
+}

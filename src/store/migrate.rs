@@ -30,11 +30,18 @@ const SQLITE: &[(i64, &str, &str)] = &[(
 )];
 
 /// (version, name, SQL) for the PostgreSQL dialect, in order.
-const POSTGRES: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/postgres/0001_init.sql"),
-)];
+const POSTGRES: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "outbox_claims",
+        include_str!("../../migrations/postgres/0002_outbox_claims.sql"),
+    ),
+];
 
 /// Any number of processes may start at once against one database: an advisory lock makes
 /// one of them apply what is missing while the others wait, then find nothing to do.

@@ -46,6 +46,8 @@ use crate::ports::{
 const MAX_ACCEPT_BATCH: usize = 512;
 /// Accept batches being written at once.
 const ACCEPT_BATCHES_IN_FLIGHT: usize = 4;
+/// How long an emitter holds the outbox rows it took before others may take them.
+const OUTBOX_CLAIM_MS: i64 = 10_000;
 
 pub struct PgStore {
     pool: PgPool,
@@ -830,26 +832,47 @@ impl Store for PgStore {
         .rows_affected())
     }
 
+    /// Takes up to `limit` unsent rows for [`OUTBOX_CLAIM_MS`]: rows another process took
+    /// are skipped until their claim expires; rows this process took are taken again (its
+    /// emitter retrying after a failed publish).
     async fn unsent_outbox(&self, limit: usize) -> Result<Vec<OutboxEvent>, StoreError> {
+        let now = now_millis();
         let rows = sqlx::query(
-            "SELECT event_id, trace_id, event_type, payload FROM outbox
-             WHERE sent_at IS NULL ORDER BY created_at, event_id LIMIT $1",
+            "WITH picked AS (
+                 SELECT event_id FROM outbox
+                 WHERE sent_at IS NULL
+                     AND (claimed_until IS NULL OR claimed_until < $2 OR claimed_by = $3)
+                 ORDER BY created_at, event_id LIMIT $1
+                 FOR UPDATE SKIP LOCKED)
+             UPDATE outbox o SET claimed_by = $3, claimed_until = $2 + $4
+             FROM picked WHERE o.event_id = picked.event_id
+             RETURNING o.event_id, o.trace_id, o.event_type, o.payload, o.created_at",
         )
         .bind(limit as i64)
+        .bind(now)
+        .bind(&*self.node)
+        .bind(OUTBOX_CLAIM_MS)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
+        let mut out = rows
+            .iter()
             .map(|row| {
                 let event_id: &str = row.try_get("event_id")?;
-                Ok(OutboxEvent {
-                    event_id: uuid::Uuid::parse_str(event_id)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                    trace_id: parse_trace_id(row.try_get("trace_id")?)?,
-                    event_type: row.try_get("event_type")?,
-                    payload: parse_json(row.try_get("payload")?)?,
-                })
+                let created_at: i64 = row.try_get("created_at")?;
+                Ok((
+                    created_at,
+                    OutboxEvent {
+                        event_id: uuid::Uuid::parse_str(event_id)
+                            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                        trace_id: parse_trace_id(row.try_get("trace_id")?)?,
+                        event_type: row.try_get("event_type")?,
+                        payload: parse_json(row.try_get("payload")?)?,
+                    },
+                ))
             })
-            .collect()
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        out.sort_by_key(|(at, e)| (*at, e.event_id.to_string()));
+        Ok(out.into_iter().map(|(_, e)| e).collect())
     }
 
     async fn mark_sent(&self, sent: &[OutboxEvent]) -> Result<(), StoreError> {
