@@ -23,7 +23,9 @@
 //!    4 attempts the command becomes a dead letter. The sweeper ([`pipeline::sweeper`])
 //!    counts crashed or stalled attempts when their lease expires.
 //! 8. Every trace event, once committed, reaches the [`hub`], which fans it out to
-//!    `onTraceEvent` subscribers with AppSync's `@aws_subscribe` semantics.
+//!    `onTraceEvent` subscribers with AppSync's `@aws_subscribe` semantics. On PostgreSQL the
+//!    API and the workers may be separate processes: commits `NOTIFY` their events' keys and
+//!    each API replica reads the rows its subscribers follow (`store::postgres`, its feed).
 //!
 //! [`domain`] holds the pure types, [`ports`] the seams (Store, Publisher, Invokable), and
 //! [`app`] wires it all together; [`config`] is the one typed configuration.
