@@ -698,3 +698,72 @@ async fn sigterm_stops_each_role_gracefully_and_a_released_attempt_does_not_coun
         "the API took {took:?} to stop"
     );
 }
+
+/// "No busy polling when idle": with default timings, an idle worker and an idle API replica
+/// run a handful of transactions over several seconds (the sweeper's every 5 s), because
+/// LISTEN wakes them instead of polling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_processes_do_not_poll_the_database() {
+    let db = common::TestDb::new(common::Backend::Postgres, "idle").await;
+    let logs = scratch_dir("cluster-logs");
+    let name = db
+        .url
+        .rsplit('/')
+        .next()
+        .expect("a database name")
+        .to_owned();
+    let start = |args: &'static [&'static str]| {
+        let (url, logs) = (db.url.clone(), logs.clone());
+        async move {
+            let log = logs.join(format!("{}-{}.log", args[0], uuid::Uuid::new_v4().simple()));
+            let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
+                .args(args)
+                .env("DATABASE_URL", &url)
+                .env("TETHER_API_KEYS", format!("alice:{KEY}"))
+                .stdout(Stdio::piped())
+                .stderr(std::fs::File::create(&log).expect("a log file"))
+                .kill_on_drop(true)
+                .spawn()
+                .expect("spawning tether");
+            let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+            while let Some(line) = lines.next_line().await.expect("stdout") {
+                if line.starts_with("tether") && line.contains("ready") {
+                    break;
+                }
+            }
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            child
+        }
+    };
+    let _api = start(&["serve", "--role", "api", "--addr", "127.0.0.1:0"]).await;
+    let _worker = start(&["worker"]).await;
+    let commits = || async {
+        let mut admin = sqlx::PgConnection::connect(&common::pg_admin_url())
+            .await
+            .unwrap();
+        sqlx::query("SELECT pg_stat_force_next_flush()")
+            .execute(&mut admin)
+            .await
+            .ok();
+        let n: i64 =
+            sqlx::query_scalar("SELECT xact_commit FROM pg_stat_database WHERE datname = $1")
+                .bind(&name)
+                .fetch_one(&mut admin)
+                .await
+                .unwrap();
+        n
+    };
+    // Let start-up settle (migrations, the first claim), then watch an idle window.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = commits().await;
+    let window = Duration::from_secs(6);
+    tokio::time::sleep(window).await;
+    let during = commits().await - before;
+    eprintln!("transactions in {window:?} of idleness: {during}");
+    // With the idle poll at 1 s (TETHER_IDLE_POLL_MS=1000) this reads ~27: claim, next_due and
+    // the outbox every second. Idle, it is the sweeper (every 5 s) and connection upkeep.
+    assert!(
+        during <= 9,
+        "{during} transactions in {window:?} of idleness: the executor is polling"
+    );
+}
