@@ -4,7 +4,10 @@
 //! Run with `scripts/bench` (raises the fd limit, then `cargo bench --bench load`), or
 //! `scripts/bench --quick` for short phases. Flags: `--quick`, `--write` / `--no-write`
 //! (full runs write `BENCHMARKS.md` by default, quick runs do not), `--keep` (keep the
-//! temporary directory under `target/bench-tmp/`).
+//! temporary directory under `target/bench-tmp/`), `--only subs` (the subscription phase
+//! alone), `--pg` (the PostgreSQL phase alone, in `load/pg.rs`: tether's API and worker roles
+//! on PostgreSQL next to pgbench and graphile-worker; written to its own section of
+//! `BENCHMARKS.md`).
 //!
 //! What one run measures, in this order:
 //!
@@ -58,6 +61,10 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
+/// The PostgreSQL phase (`--pg`).
+#[path = "load/pg.rs"]
+mod pg;
+
 const USER_KEY: &str = "alice-key";
 const ADMIN_KEY: &str = "ops-key";
 const PROTOCOL: &str = "graphql-transport-ws";
@@ -82,6 +89,8 @@ struct Opts {
     quick: bool,
     /// `--only subs`: run just the idle-subscription phase (never written to BENCHMARKS.md).
     only_subs: bool,
+    /// `--pg`: run just the PostgreSQL phase (`pg.rs`); `--write` records it in its own section.
+    pg: bool,
     write: bool,
     keep: bool,
     /// Length of the raw-insert and accept phases.
@@ -96,6 +105,11 @@ struct Opts {
     cold_starts: usize,
     /// How long the executor may take to catch up after the accept phase.
     drain_deadline: Duration,
+    /// PostgreSQL phase: commands accepted before the workers start (and jobs queued for the
+    /// graphile-worker peer).
+    pg_backlog: usize,
+    /// PostgreSQL phase: rows bulk-loaded into `trace_events` before the "loaded" round.
+    pg_trace_rows: u64,
 }
 
 impl Opts {
@@ -113,6 +127,7 @@ impl Opts {
                 "--bench",
                 "--only",
                 "subs",
+                "--pg",
             ]
             .contains(&a.as_str())
             {
@@ -123,6 +138,7 @@ impl Opts {
         Opts {
             quick,
             only_subs,
+            pg: has("--pg"),
             write: if only_subs {
                 false
             } else if quick {
@@ -139,6 +155,8 @@ impl Opts {
             open_concurrency: 200,
             cold_starts: if quick { 3 } else { 5 },
             drain_deadline: Duration::from_secs(if quick { 120 } else { 300 }),
+            pg_backlog: if quick { 10_000 } else { 40_000 },
+            pg_trace_rows: if quick { 1_000_000 } else { 10_000_000 },
         }
     }
 }
@@ -398,15 +416,34 @@ fn spawn_tether(
     addr: &str,
 ) -> anyhow::Result<(ChildGuard, oneshot::Receiver<String>)> {
     let db = dir.join(format!("{name}.db"));
+    let args = [
+        "serve".to_owned(),
+        "--addr".to_owned(),
+        addr.to_owned(),
+        "--database-url".to_owned(),
+        format!("sqlite://{}", db.display()),
+    ];
+    spawn_tether_with(dir, name, &args, READY_API)
+}
+
+/// The stdout line of `tether serve` once it listens (followed by its address).
+const READY_API: &str = "tether is ready on http://";
+
+/// Spawns the tether binary with `args` and the benchmark's API keys; stderr goes to a log
+/// file. The receiver yields what follows `ready` on the first stdout line that contains it.
+fn spawn_tether_with(
+    dir: &Path,
+    name: &str,
+    args: &[String],
+    ready: &'static str,
+) -> anyhow::Result<(ChildGuard, oneshot::Receiver<String>)> {
     let stderr = File::create(dir.join(format!("{name}.stderr.log")))?;
     let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
-        .arg("serve")
-        .args(["--addr", addr])
-        .arg("--database-url")
-        .arg(format!("sqlite://{}", db.display()))
+        .args(args)
         .args(["--api-keys", "alice:alice-key"])
         .args(["--admin-api-keys", "ops:ops-key"])
         .env_remove("RUST_LOG")
+        .env_remove("DATABASE_URL")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(stderr))
@@ -415,7 +452,6 @@ fn spawn_tether(
     let stdout = child.stdout.take();
     let guard = ChildGuard(child);
     let (tx, rx) = oneshot::channel();
-    // tether's log goes to stdout (tracing's default), next to the ready line.
     let mut log = File::create(dir.join(format!("{name}.stdout.log")))?;
     if let Some(stdout) = stdout {
         std::thread::spawn(move || {
@@ -423,10 +459,10 @@ fn spawn_tether(
             // Reads to the end so the child never blocks on a full pipe.
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 let _ = writeln!(log, "{line}");
-                if let Some(rest) = line.split("tether is ready on http://").nth(1)
+                if let Some(rest) = line.split(ready).nth(1)
                     && let Some(tx) = tx.take()
                 {
-                    let _ = tx.send(rest.split('/').next().unwrap_or_default().to_owned());
+                    let _ = tx.send(rest.to_owned());
                 }
             }
         });
@@ -437,10 +473,20 @@ fn spawn_tether(
 impl Server {
     async fn start(dir: &Path, name: &str) -> anyhow::Result<Self> {
         let (child, ready) = spawn_tether(dir, name, "127.0.0.1:0")?;
+        Self::ready(name, child, ready).await
+    }
+
+    /// Waits for the ready line of a spawned `tether serve`.
+    async fn ready(
+        name: &str,
+        child: ChildGuard,
+        ready: oneshot::Receiver<String>,
+    ) -> anyhow::Result<Self> {
         let addr = timeout(Duration::from_secs(30), ready)
             .await
             .map_err(|_| anyhow!("{name}: no ready line within 30 s"))?
             .map_err(|_| anyhow!("{name}: exited before it was ready (see {name}.stderr.log)"))?;
+        let addr = addr.split('/').next().unwrap_or_default();
         let addr = addr
             .parse()
             .with_context(|| format!("ready line address {addr:?}"))?;
@@ -642,24 +688,44 @@ struct AcceptRun {
     /// CPU cores the server and this process kept busy during the phase.
     server_cores: Option<f64>,
     bench_cores: Option<f64>,
+    /// The trace IDs answered, in no particular order.
+    trace_ids: Vec<String>,
 }
 
 async fn run_accepts(addr: SocketAddr, concurrency: usize, duration: Duration) -> AcceptRun {
+    run_accepts_bounded(addr, concurrency, duration, None).await
+}
+
+/// Like `run_accepts`, but with at most `budget` requests in all (when given).
+async fn run_accepts_bounded(
+    addr: SocketAddr,
+    concurrency: usize,
+    duration: Duration,
+    budget: Option<u64>,
+) -> AcceptRun {
     let errors = Arc::new(Errors::default());
+    let tickets = Arc::new(std::sync::atomic::AtomicI64::new(
+        budget.map_or(i64::MAX, |b| b as i64),
+    ));
     let start = Instant::now();
     let deadline = start + duration;
     let tasks: Vec<_> = (0..concurrency)
         .map(|c| {
             let errors = errors.clone();
+            let tickets = tickets.clone();
             tokio::spawn(async move {
                 // One client per task: one keep-alive connection each.
                 let client = http_client();
                 let customer = format!("c-{c}");
                 let mut latencies = Vec::new();
-                while Instant::now() < deadline {
+                let mut ids = Vec::new();
+                while Instant::now() < deadline && tickets.fetch_sub(1, Ordering::Relaxed) > 0 {
                     let t0 = Instant::now();
                     match create_order(&client, addr, &customer).await {
-                        Ok(_) => latencies.push(t0.elapsed()),
+                        Ok(a) => {
+                            latencies.push(t0.elapsed());
+                            ids.push(a.trace_id);
+                        }
                         Err(e) => {
                             errors.add(e);
                             // Do not spin if the server is gone.
@@ -667,11 +733,21 @@ async fn run_accepts(addr: SocketAddr, concurrency: usize, duration: Duration) -
                         }
                     }
                 }
-                latencies
+                (latencies, ids)
             })
         })
         .collect();
-    let mut latencies = join_latencies(tasks, &errors).await;
+    let mut latencies = Vec::new();
+    let mut trace_ids = Vec::new();
+    for task in tasks {
+        match task.await {
+            Ok((l, ids)) => {
+                latencies.extend(l);
+                trace_ids.extend(ids);
+            }
+            Err(e) => errors.add(format!("task: {e}")),
+        }
+    }
     let elapsed = start.elapsed();
     latencies.sort();
     AcceptRun {
@@ -681,6 +757,7 @@ async fn run_accepts(addr: SocketAddr, concurrency: usize, duration: Duration) -
         errors: Arc::try_unwrap(errors).unwrap_or_default(),
         server_cores: None,
         bench_cores: None,
+        trace_ids,
     }
 }
 
@@ -1892,12 +1969,12 @@ impl Report {
     }
 }
 
-/// Replaces the `## Results (…)` section of `BENCHMARKS.md` (or appends one), keeping the
-/// rest of the file.
-fn write_benchmarks_md(path: &Path, section: &str) -> anyhow::Result<()> {
+/// Replaces the section of `BENCHMARKS.md` whose heading starts with `heading` (e.g.
+/// `## Results (`) up to the next `## ` heading, or appends one; the rest of the file stays.
+fn write_benchmarks_md(path: &Path, heading: &str, section: &str) -> anyhow::Result<()> {
     let existing = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = existing.lines().collect();
-    let start = lines.iter().position(|l| l.starts_with("## Results ("));
+    let start = lines.iter().position(|l| l.starts_with(heading));
     let mut out = String::new();
     match start {
         Some(start) => {
@@ -2040,6 +2117,10 @@ async fn main() -> anyhow::Result<()> {
     );
     eprintln!("load: {opts_note}");
 
+    if opts.pg {
+        return pg::main(&root, &dir, &opts).await;
+    }
+
     let mut crashed = Vec::new();
     let (cold, raw_pool, raw_mutex, accepts, e2e) = if opts.only_subs {
         let cold = ColdStart {
@@ -2147,7 +2228,7 @@ async fn main() -> anyhow::Result<()> {
             .is_some_and(|s| !s.is_empty());
         let section = report.markdown(&opts, &date, &hash, dirty);
         let path = root.join("BENCHMARKS.md");
-        write_benchmarks_md(&path, &section)?;
+        write_benchmarks_md(&path, "## Results (", &section)?;
         println!("wrote {}", path.display());
     }
     if opts.keep {
