@@ -124,6 +124,8 @@ impl Env {
         for sql in [
             format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
             format!("CREATE DATABASE \"{name}\""),
+            // Time WAL writes and fsyncs in this database's backends (pg_stat_wal).
+            format!("ALTER DATABASE \"{name}\" SET track_wal_io_timing = on"),
         ] {
             sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
                 .execute(&mut conn)
@@ -390,7 +392,8 @@ impl CpuProbe {
         }
     }
 
-    fn finish(&self) -> CpuSplit {
+    /// `listeners`: the backends of LISTEN connections, counted apart.
+    fn finish(&self, listeners: &[u32]) -> CpuSplit {
         let wall = self.at.elapsed().as_secs_f64().max(1e-9);
         let mut groups: Vec<(String, f64)> = Vec::new();
         let mut add = |label: &str, seconds: f64| match groups.iter_mut().find(|g| g.0 == label) {
@@ -405,17 +408,22 @@ impl CpuProbe {
         self.tracker.abort();
         scan_postgres(&self.seen);
         let needle = format!(" {} ", self.db);
-        let (mut ours, mut rest) = (0.0, 0.0);
+        let (mut ours, mut listening, mut rest) = (0.0, 0.0, 0.0);
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for (pid, (now, title)) in seen {
             let delta = now - self.postgres.get(&pid).copied().unwrap_or(0.0);
-            if title.contains(&needle) {
+            if listeners.contains(&pid) {
+                listening += delta;
+            } else if title.contains(&needle) {
                 ours += delta;
             } else {
                 rest += delta;
             }
         }
         add("postgres (this database's backends)", ours);
+        if !listeners.is_empty() {
+            add("postgres (LISTEN connections' backends)", listening);
+        }
         add("postgres (other processes)", rest);
         if let (Some(label), Some(before), Some(after)) =
             (&self.children_label, self.children, children_cpu())
@@ -449,6 +457,22 @@ impl CpuSplit {
         }
         parts.join(", ")
     }
+}
+
+/// The backends of the LISTEN connections of database `db` (tether's feed, graphile's runner).
+async fn listen_pids(env: &Env, db: &str) -> Vec<u32> {
+    let Ok(mut conn) = env.admin().await else {
+        return Vec::new();
+    };
+    let pids: Vec<i32> = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND query ILIKE 'LISTEN%'",
+    )
+    .bind(db)
+    .fetch_all(&mut conn)
+    .await
+    .unwrap_or_default();
+    let _ = conn.close().await;
+    pids.into_iter().map(|p| p as u32).collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -556,13 +580,16 @@ struct DbStats {
     wal_records: i64,
     wal_bytes: i64,
     wal_sync: i64,
+    /// Milliseconds spent in WAL fsyncs by backends that time them (the round's databases
+    /// have `track_wal_io_timing` on).
+    wal_sync_ms: f64,
 }
 
 async fn db_stats(env: &Env, db: &str) -> Option<DbStats> {
     let mut conn = env.admin().await.ok()?;
-    let row: (i64, i64, i64, i64, i64, i64, i64, i64) = sqlx::query_as(
+    let row: (i64, i64, i64, i64, i64, i64, i64, i64, f64) = sqlx::query_as(
         "SELECT d.xact_commit, d.xact_rollback, d.tup_inserted, d.tup_updated, d.tup_deleted,
-             w.wal_records, w.wal_bytes::bigint, w.wal_sync
+             w.wal_records, w.wal_bytes::bigint, w.wal_sync, w.wal_sync_time
          FROM pg_stat_database d, pg_stat_wal w WHERE d.datname = $1",
     )
     .bind(db)
@@ -579,6 +606,7 @@ async fn db_stats(env: &Env, db: &str) -> Option<DbStats> {
         wal_records: row.5,
         wal_bytes: row.6,
         wal_sync: row.7,
+        wal_sync_ms: row.8,
     })
 }
 
@@ -588,14 +616,33 @@ async fn settled_stats(env: &Env, db: &str) -> Option<DbStats> {
     db_stats(env, db).await
 }
 
-fn per_unit(before: Option<DbStats>, after: Option<DbStats>, units: u64) -> String {
+/// Per command or job over a phase of `wall` (the WAL figures are server-wide).
+fn per_unit(
+    before: Option<DbStats>,
+    after: Option<DbStats>,
+    units: u64,
+    wall: Option<Duration>,
+) -> String {
     let (Some(b), Some(a)) = (before, after) else {
         return "n/a".into();
     };
     let n = units.max(1) as f64;
+    let syncs = (a.wal_sync - b.wal_sync) as f64;
+    let sync_ms = a.wal_sync_ms - b.wal_sync_ms;
+    let fsync = if sync_ms > 0.0 {
+        format!(
+            "; {:.2} ms in WAL fsync per item, {:.2} ms per fsync, an fsync in progress {:.0} % of \
+             the time",
+            sync_ms / n,
+            sync_ms / syncs.max(1.0),
+            wall.map_or(0.0, |w| sync_ms / 10.0 / w.as_secs_f64().max(1e-9))
+        )
+    } else {
+        String::new()
+    };
     format!(
         "{:.1} commits, {:.2} rollbacks, {:.1} rows inserted / {:.1} updated / {:.1} deleted, \
-         {:.1} WAL records, {:.0} WAL bytes, {:.3} WAL fsyncs (server-wide WAL)",
+         {:.1} WAL records, {:.0} WAL bytes, {:.3} WAL fsyncs{fsync}",
         (a.xact_commit - b.xact_commit) as f64 / n,
         (a.xact_rollback - b.xact_rollback) as f64 / n,
         (a.tup_inserted - b.tup_inserted) as f64 / n,
@@ -872,7 +919,8 @@ async fn tether_drain(
         &errors,
     )
     .await;
-    let cpu = probe.finish();
+    let listeners = listen_pids(env, db).await;
+    let cpu = probe.finish(&listeners);
     let waits = waits_of(waits).await;
     let (from_spawn, busy) = drain_times(&samples, n, spawned, done);
     let after = settled_stats(env, db).await;
@@ -912,7 +960,7 @@ async fn tether_drain(
             busy,
             cpu: Some(cpu),
             waits,
-            per_item: per_unit(before, after, n),
+            per_item: per_unit(before, after, n, from_spawn),
             check,
             errors,
         },
@@ -993,7 +1041,8 @@ async fn graphile_drain_in(
         &errors,
     )
     .await;
-    let cpu = probe.finish();
+    let listeners = listen_pids(env, db).await;
+    let cpu = probe.finish(&listeners);
     let waits = waits_of(waits).await;
     let (from_spawn, busy) = drain_times(&samples, n, spawned, done);
     let after = settled_stats(env, db).await;
@@ -1011,7 +1060,7 @@ async fn graphile_drain_in(
         busy,
         cpu: Some(cpu),
         waits,
-        per_item: per_unit(before, after, n),
+        per_item: per_unit(before, after, n, from_spawn),
         check: format!(
             "rows inserted by the jobs {}; jobs queued in {:.2} s",
             rows.map_or("?".into(), |r| r.to_string()),
@@ -1168,7 +1217,7 @@ async fn pgbench(env: &Env, dir: &Path, opts: &Opts) -> anyhow::Result<PgbenchRu
         .arg(&script)
         .arg(&url);
         let out = run_to_end(cmd, "pgbench").await?;
-        let cpu = probe.finish();
+        let cpu = probe.finish(&[]);
         let waits = waits_of(waits).await;
         std::fs::write(dir.join("pgbench.out"), &out)?;
         let field = |prefix: &str| {
@@ -1299,7 +1348,8 @@ async fn rw_round(
     let probe = CpuProbe::start(&[(api.pid(), "tether API")], db, None);
     let waits = WaitSampler::start(env, db).await;
     let accepts = run_accepts(api.addr, opts.concurrency, opts.duration).await;
-    let accept_cpu = probe.finish();
+    let listeners = listen_pids(env, db).await;
+    let accept_cpu = probe.finish(&listeners);
     let accept_waits = waits_of(waits).await;
     if pgbench_between {
         eprintln!("load: (pg) pgbench …");
@@ -1310,7 +1360,8 @@ async fn rw_round(
     let probe = CpuProbe::start(&[(api.pid(), "tether API")], db, None);
     let waits = WaitSampler::start(env, db).await;
     let queries = run_trace_queries(api.addr, ids, opts.concurrency, opts.duration).await;
-    let query_cpu = probe.finish();
+    let listeners = listen_pids(env, db).await;
+    let query_cpu = probe.finish(&listeners);
     let query_waits = waits_of(waits).await;
     let monitor = pool(&url, 1).await?;
     let commands = count(&monitor, "SELECT count(*) FROM commands").await.ok();
@@ -1983,11 +2034,16 @@ fn markdown(
         ),
         "- (4) CPU: user + system time from `/proc/<pid>/stat` over the phase ÷ its wall time, \
          for tether's processes, graphile-worker's node processes, this benchmark, every \
-         `postgres` process (split by process title into the backends of the round's database \
-         and the rest: WAL writer, checkpointer, other databases), pgbench (as a reaped child) \
-         and the machine (`/proc/stat`). Per command / job: `pg_stat_database` of the round's \
-         database and `pg_stat_wal` (server-wide) before and after, each read 1.3 s after the \
-         phase so backends have reported."
+         `postgres` process (split by process title into the backends of the round's database, \
+         the backends of its LISTEN connections, and the rest: WAL writer, checkpointer, other \
+         databases), pgbench (as a reaped child) and the machine (`/proc/stat`). Backends: \
+         `pg_stat_activity` of the round's database sampled every 100 ms, non-idle client \
+         backends by wait event (`Lock:object` is the lock PostgreSQL takes on commit of a \
+         transaction that sent a NOTIFY and holds until the commit is flushed; \"idle in \
+         transaction\" means waiting for the client's next statement). Per command / job: \
+         `pg_stat_database` of the round's database and `pg_stat_wal` (server-wide) before \
+         and after, each read 1.3 s after the phase so backends have reported; fsync time from \
+         `track_wal_io_timing`, switched on for the round's databases."
             .into(),
     ] {
         let _ = writeln!(md, "{line}");
