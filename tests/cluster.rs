@@ -36,22 +36,39 @@ struct Tether {
     addr: Option<SocketAddr>,
 }
 
+/// Short timings, so leases, retries and sweeps play out within seconds.
+const FAST: &[(&str, &str)] = &[
+    ("TETHER_FAULT_INJECTION", "true"),
+    ("TETHER_LEASE_MS", "2000"),
+    ("TETHER_HEARTBEAT_MS", "400"),
+    ("TETHER_SWEEP_MS", "200"),
+    ("TETHER_RETRY_BASE_MS", "50"),
+    ("TETHER_RETRY_FACTOR", "2"),
+    ("TETHER_POLL_MS", "200"),
+    ("TETHER_DB_POOL_SIZE", "8"),
+];
+
 impl Tether {
+    /// Starts `tether <args>` with the short timings of [`FAST`].
     async fn start(args: &[&str], database_url: &str, logs: &std::path::Path) -> Self {
+        Self::start_with(args, database_url, logs, FAST).await
+    }
+
+    /// Starts `tether <args>` with the default timings changed by `env`; returns once it is
+    /// ready.
+    async fn start_with(
+        args: &[&str],
+        database_url: &str,
+        logs: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> Self {
         let log = logs.join(format!("{}-{}.log", args[0], uuid::Uuid::new_v4().simple()));
         let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
             .args(args)
             .env("DATABASE_URL", database_url)
             .env("TETHER_API_KEYS", format!("alice:{KEY}"))
             .env("TETHER_ADMIN_API_KEYS", "")
-            .env("TETHER_FAULT_INJECTION", "true")
-            .env("TETHER_LEASE_MS", "2000")
-            .env("TETHER_HEARTBEAT_MS", "400")
-            .env("TETHER_SWEEP_MS", "200")
-            .env("TETHER_RETRY_BASE_MS", "50")
-            .env("TETHER_RETRY_FACTOR", "2")
-            .env("TETHER_POLL_MS", "200")
-            .env("TETHER_DB_POOL_SIZE", "8")
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info,sqlx=warn")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("a log file"))
@@ -712,31 +729,14 @@ async fn idle_processes_do_not_poll_the_database() {
         .next()
         .expect("a database name")
         .to_owned();
-    let start = |args: &'static [&'static str]| {
-        let (url, logs) = (db.url.clone(), logs.clone());
-        async move {
-            let log = logs.join(format!("{}-{}.log", args[0], uuid::Uuid::new_v4().simple()));
-            let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
-                .args(args)
-                .env("DATABASE_URL", &url)
-                .env("TETHER_API_KEYS", format!("alice:{KEY}"))
-                .stdout(Stdio::piped())
-                .stderr(std::fs::File::create(&log).expect("a log file"))
-                .kill_on_drop(true)
-                .spawn()
-                .expect("spawning tether");
-            let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-            while let Some(line) = lines.next_line().await.expect("stdout") {
-                if line.starts_with("tether") && line.contains("ready") {
-                    break;
-                }
-            }
-            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            child
-        }
-    };
-    let _api = start(&["serve", "--role", "api", "--addr", "127.0.0.1:0"]).await;
-    let _worker = start(&["worker"]).await;
+    let _api = Tether::start_with(
+        &["serve", "--role", "api", "--addr", "127.0.0.1:0"],
+        &db.url,
+        &logs,
+        &[],
+    )
+    .await;
+    let _worker = Tether::start_with(&["worker"], &db.url, &logs, &[]).await;
     let commits = || async {
         let mut admin = sqlx::PgConnection::connect(&common::pg_admin_url())
             .await

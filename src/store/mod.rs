@@ -1,6 +1,11 @@
 //! Store implementations: `sqlite` is the embedded default, `postgres` the shared engine for
 //! many processes. The contract tests in `tests/store.rs` run against both.
 
+/// The query behind `Store::trace`, the same for both stores.
+const TRACE_QUERY: &str =
+    "SELECT command_type, owner, state, attempts, series, created_at, updated_at, result, error
+     FROM commands WHERE trace_id = $1";
+
 /// The columns a claim reads, in `claim_from_row`'s order.
 macro_rules! claim_columns {
     () => {
@@ -29,6 +34,22 @@ macro_rules! row_mappers {
                 message: row.try_get("message")?,
                 detail: detail.as_deref().map(parse_json).transpose()?,
                 state: parse_state(row.try_get("state")?)?,
+            })
+        }
+
+        fn trace_from_row(row: &$row, trace_id: TraceId) -> Result<TraceRecord, StoreError> {
+            let result: Option<String> = row.try_get("result")?;
+            Ok(TraceRecord {
+                trace_id,
+                command_type: row.try_get("command_type")?,
+                owner: row.try_get("owner")?,
+                state: parse_state(row.try_get("state")?)?,
+                attempts: row.try_get("attempts")?,
+                series: row.try_get("series")?,
+                created_at: row.try_get("created_at")?,
+                updated_at: row.try_get("updated_at")?,
+                result: result.as_deref().map(parse_json).transpose()?,
+                error: row.try_get("error")?,
             })
         }
 

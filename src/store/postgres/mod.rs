@@ -535,27 +535,11 @@ impl Store for PgStore {
     }
 
     async fn trace(&self, trace_id: TraceId) -> Result<Option<TraceRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT command_type, owner, state, attempts, series, created_at, updated_at, result, error
-             FROM commands WHERE trace_id = $1",
-        )
-        .bind(trace_id.to_string())
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let result: Option<String> = row.try_get("result")?;
-        Ok(Some(TraceRecord {
-            trace_id,
-            command_type: row.try_get("command_type")?,
-            owner: row.try_get("owner")?,
-            state: parse_state(row.try_get("state")?)?,
-            attempts: row.try_get("attempts")?,
-            series: row.try_get("series")?,
-            created_at: row.try_get("created_at")?,
-            updated_at: row.try_get("updated_at")?,
-            result: result.as_deref().map(parse_json).transpose()?,
-            error: row.try_get("error")?,
-        }))
+        let row = sqlx::query(super::TRACE_QUERY)
+            .bind(trace_id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| trace_from_row(&row, trace_id)).transpose()
     }
 
     async fn trace_events(
