@@ -5,25 +5,28 @@
 //! with tether's roles as separate processes: `tether serve --role api` for the API and
 //! `tether worker` for the executors. In this order:
 //!
-//! 1. **Empty tables**: accepts (32 HTTP clients, as in the SQLite phase), then pgbench's
-//!    single-row `INSERT` TPS at the same concurrency on the same server, then trace queries
-//!    (32 clients alternating `trace(traceId) { … events }` and `traceEvents(traceId)` on the
-//!    traces just accepted).
+//! 1. **Accepts and pgbench**: accepts (32 HTTP clients, as in the SQLite phase) and pgbench's
+//!    single-row `INSERT` TPS at the same concurrency on the same server, in the order accepts,
+//!    pgbench, pgbench, accepts (each a half phase), so a drift of the machine's speed during
+//!    the round weighs on both alike.
 //! 2. **Executors**: a backlog of N commands accepted with no worker running, then 1 `tether
 //!    worker` started and timed until every command is terminal and every outbox row relayed;
-//!    the same with 2 workers on a new database; then, with the faster worker count still
-//!    running, the end-to-end latency while a paced load offers about half the executed rate.
+//!    the same with 2 workers on a new database; then, with an API and the faster worker count,
+//!    the end-to-end latency while a paced load offers about half the executed rate.
 //! 3. **graphile-worker** (`scripts/bench-pg/graphile-peer.mjs`, pinned by its lock file): N jobs
 //!    that each do one `INSERT` queued with one bulk `add_jobs` call, then a runner with
 //!    concurrency 16 (tether's `--workers` default) timed the same way until the job table is
 //!    empty: default options, the documented batching options, and 2 processes.
-//! 4. **Loaded tables**: `trace_events` bulk-loaded with M rows (one `INSERT … SELECT … FROM
-//!    generate_series`, then `ANALYZE`, `VACUUM`, `CHECKPOINT`, each timed), then the accepts and
-//!    trace queries of round 1 again.
+//! 4. **Empty and loaded tables**: two databases, one with `trace_events` bulk-loaded with M rows
+//!    (one `INSERT … SELECT … FROM generate_series`, then `ANALYZE`, `VACUUM`, `CHECKPOINT`, each
+//!    timed), an API on each; accepts in the order empty, loaded, loaded, empty (half phases),
+//!    then trace queries the same way (32 clients alternating `trace(traceId) { … events }` and
+//!    `traceEvents(traceId)` on the traces that database accepted).
 //!
 //! CPU use is read from `/proc/<pid>/stat` (tether, node, this process), from every `postgres`
-//! process (split into the backends of the round's database, by their process title, and the
-//! rest), from our reaped children (pgbench) and from `/proc/stat` for the whole machine.
+//! process (split into the backends of the round's database, by their process title, those of
+//! its LISTEN connections, and the rest), from our reaped children (pgbench) and from
+//! `/proc/stat` for the whole machine; what the backends wait for from `pg_stat_activity`.
 //! Transactions and WAL come from `pg_stat_database` and `pg_stat_wal` (the WAL figures are
 //! server-wide: anything else running on the server shows up in them).
 
@@ -610,9 +613,10 @@ async fn db_stats(env: &Env, db: &str) -> Option<DbStats> {
     })
 }
 
-/// Backends report their statistics at most once a second; wait for that before reading.
+/// Statistics once the processes that wrote have gone: an idle backend may hold its counters
+/// for up to 10 s, an exiting one reports them, so callers stop their clients first.
 async fn settled_stats(env: &Env, db: &str) -> Option<DbStats> {
-    sleep(Duration::from_millis(1300)).await;
+    sleep(Duration::from_millis(600)).await;
     db_stats(env, db).await
 }
 
@@ -738,22 +742,110 @@ async fn run_trace_queries(
     }
 }
 
-/// Round 1 and round 4: accepts on `serve --role api`, (pgbench,) trace queries.
+/// A measured phase with the CPU and backend waits during it (merged over its halves when it
+/// ran in two).
+struct Measured<T> {
+    run: T,
+    cpu: CpuSplit,
+    waits: Waits,
+}
+
+/// One side of round 4: accepts and trace queries on one database.
 struct RwRound {
-    accepts: AcceptRun,
-    accept_cpu: CpuSplit,
-    accept_waits: Waits,
-    queries: QueryRun,
-    query_cpu: CpuSplit,
-    query_waits: Waits,
+    accepts: Measured<AcceptRun>,
+    queries: Measured<QueryRun>,
     /// Commands in the database at the end, and `trace_events` rows.
     rows_note: String,
+}
+
+fn merge_errors(into: &Errors, from: Errors) {
+    let from = from.0.into_inner().unwrap_or_else(|p| p.into_inner());
+    let mut map = into.lock();
+    for (k, n) in from {
+        *map.entry(k).or_default() += n;
+    }
+}
+
+/// Two halves of equal length: the mean of each group.
+fn merge_cpu(a: CpuSplit, b: CpuSplit) -> CpuSplit {
+    let mut groups = a.groups.clone();
+    for (label, cores) in &b.groups {
+        match groups.iter_mut().find(|g| &g.0 == label) {
+            Some(g) => g.1 += cores,
+            None => groups.push((label.clone(), *cores)),
+        }
+    }
+    for g in &mut groups {
+        g.1 /= 2.0;
+    }
+    let machine = match (a.machine, b.machine) {
+        (Some(x), Some(y)) => Some((x + y) / 2.0),
+        (x, y) => x.or(y),
+    };
+    CpuSplit { groups, machine }
+}
+
+fn merge_waits(mut a: Waits, b: Waits) -> Waits {
+    a.samples += b.samples;
+    for (k, n) in b.counts {
+        *a.counts.entry(k).or_default() += n;
+    }
+    a
+}
+
+fn merge_accepts(a: Measured<AcceptRun>, b: Measured<AcceptRun>) -> Measured<AcceptRun> {
+    let mut run = a.run;
+    run.accepted += b.run.accepted;
+    run.elapsed += b.run.elapsed;
+    run.latencies.extend(b.run.latencies);
+    run.latencies.sort();
+    run.trace_ids.extend(b.run.trace_ids);
+    merge_errors(&run.errors, b.run.errors);
+    Measured {
+        run,
+        cpu: merge_cpu(a.cpu, b.cpu),
+        waits: merge_waits(a.waits, b.waits),
+    }
+}
+
+fn merge_queries(a: Measured<QueryRun>, b: Measured<QueryRun>) -> Measured<QueryRun> {
+    let mut run = a.run;
+    run.requests += b.run.requests;
+    run.elapsed += b.run.elapsed;
+    run.latencies.extend(b.run.latencies);
+    run.latencies.sort();
+    merge_errors(&run.errors, b.run.errors);
+    Measured {
+        run,
+        cpu: merge_cpu(a.cpu, b.cpu),
+        waits: merge_waits(a.waits, b.waits),
+    }
+}
+
+fn merge_pgbench(a: PgbenchRun, b: PgbenchRun) -> PgbenchRun {
+    PgbenchRun {
+        tps: (a.tps + b.tps) / 2.0,
+        transactions: a.transactions.zip(b.transactions).map(|(x, y)| x + y),
+        failed: a.failed.zip(b.failed).map(|(x, y)| x + y),
+        latency_avg_ms: a
+            .latency_avg_ms
+            .zip(b.latency_avg_ms)
+            .map(|(x, y)| (x + y) / 2.0),
+        secs: a.secs + b.secs,
+        cpu: merge_cpu(a.cpu, b.cpu),
+        waits: merge_waits(a.waits, b.waits),
+    }
+}
+
+/// Each of the two halves of an A B B A comparison (whole seconds, for pgbench).
+fn half(opts: &Opts) -> Duration {
+    Duration::from_secs((opts.duration.as_secs() / 2).max(2))
 }
 
 struct PgbenchRun {
     tps: f64,
     transactions: Option<u64>,
-    failed: Option<String>,
+    failed: Option<u64>,
     latency_avg_ms: Option<f64>,
     secs: u64,
     cpu: CpuSplit,
@@ -872,9 +964,8 @@ const TETHER_REMAINING: &str =
 
 const GRAPHILE_REMAINING: &str = "SELECT count(*) FROM graphile_worker._private_jobs";
 
-/// One round of tether executors: a new database, an API, a backlog of `n` commands, then
-/// `workers` worker processes timed until it is drained. Returns the run and, for the
-/// end-to-end phase, the still running API and workers.
+/// One round of tether executors: a new database, an API, a backlog of `n` commands (then the
+/// API stops), then `workers` worker processes timed until it is drained.
 async fn tether_drain(
     env: &Env,
     dir: &Path,
@@ -882,7 +973,7 @@ async fn tether_drain(
     workers: usize,
     n: u64,
     opts: &Opts,
-) -> anyhow::Result<(DrainRun, Server, Vec<ChildGuard>)> {
+) -> anyhow::Result<DrainRun> {
     let url = env.url(db);
     migrate(&url).await?;
     let api = start_api(dir, &format!("{db}-api"), &url).await?;
@@ -898,6 +989,8 @@ async fn tether_drain(
         errors.add(format!("backlog accepts: {}", backlog.errors.summary()));
     }
     let n = backlog.accepted;
+    // The API is not needed for the drain; stopping it also flushes its backends' statistics.
+    drop(api);
     let monitor = pool(&url, 1).await?;
     let before = settled_stats(env, db).await;
 
@@ -907,8 +1000,10 @@ async fn tether_drain(
         let (child, _ready) = spawn_worker(dir, &format!("{db}-worker-{i}"), &url)?;
         children.push(child);
     }
-    let mut labels = vec![(api.pid(), "tether API (idle)")];
-    labels.extend(children.iter().map(|c| (c.0.id(), "tether worker(s)")));
+    let labels: Vec<(u32, &str)> = children
+        .iter()
+        .map(|c| (c.0.id(), "tether worker(s)"))
+        .collect();
     let probe = CpuProbe::start(&labels, db, None);
     let waits = WaitSampler::start(env, db).await;
     let (samples, done) = sample_until_empty(
@@ -923,6 +1018,7 @@ async fn tether_drain(
     let cpu = probe.finish(&listeners);
     let waits = waits_of(waits).await;
     let (from_spawn, busy) = drain_times(&samples, n, spawned, done);
+    drop(children);
     let after = settled_stats(env, db).await;
 
     let states: Vec<(String, i64)> =
@@ -952,21 +1048,38 @@ async fn tether_drain(
         events.map_or("?".into(), |o| o.to_string()),
     );
     monitor.close().await;
-    Ok((
-        DrainRun {
-            processes: workers,
-            backlog: n,
-            from_spawn,
-            busy,
-            cpu: Some(cpu),
-            waits,
-            per_item: per_unit(before, after, n, from_spawn),
-            check,
-            errors,
-        },
-        api,
-        children,
-    ))
+    Ok(DrainRun {
+        processes: workers,
+        backlog: n,
+        from_spawn,
+        busy,
+        cpu: Some(cpu),
+        waits,
+        per_item: per_unit(before, after, n, from_spawn),
+        check,
+        errors,
+    })
+}
+
+/// An API and `workers` workers on `db`, for the end-to-end phase once they are ready.
+async fn start_cluster(
+    dir: &Path,
+    env: &Env,
+    db: &str,
+    workers: usize,
+) -> anyhow::Result<(Server, Vec<ChildGuard>)> {
+    let url = env.url(db);
+    let api = start_api(dir, &format!("{db}-e2e-api"), &url).await?;
+    let mut children = Vec::new();
+    for i in 0..workers {
+        let (child, ready) = spawn_worker(dir, &format!("{db}-e2e-worker-{i}"), &url)?;
+        timeout(Duration::from_secs(30), ready)
+            .await
+            .map_err(|_| anyhow!("worker {i}: not ready within 30 s"))?
+            .map_err(|_| anyhow!("worker {i} exited before it was ready"))?;
+        children.push(child);
+    }
+    Ok((api, children))
 }
 
 /// graphile-worker on a new database: `n` jobs queued by `setup`, then `processes` runners.
@@ -1045,11 +1158,11 @@ async fn graphile_drain_in(
     let cpu = probe.finish(&listeners);
     let waits = waits_of(waits).await;
     let (from_spawn, busy) = drain_times(&samples, n, spawned, done);
+    drop(children);
     let after = settled_stats(env, db).await;
     let rows = count(&monitor, "SELECT count(*) FROM bench_orders")
         .await
         .ok();
-    drop(children);
     monitor.close().await;
     // The job table's first sample may already be below n if the runner started within
     // 100 ms; the rate is then slightly overstated, never understated.
@@ -1167,85 +1280,98 @@ async fn e2e_under_load(
     })
 }
 
-async fn pgbench(env: &Env, dir: &Path, opts: &Opts) -> anyhow::Result<PgbenchRun> {
+/// pgbench's database and script: a table shaped like a small `commands` row (text key, type,
+/// JSON payload, owner, state, time) and one single-row `INSERT`.
+async fn pgbench_setup(env: &Env, dir: &Path) -> anyhow::Result<(String, PathBuf)> {
+    if env.pgbench.is_none() {
+        bail!("pgbench not found (set TETHER_BENCH_PGBENCH)");
+    }
+    let db = env.create_db("pgbench").await?;
+    let mut conn = PgConnection::connect(&env.url(&db)).await?;
+    sqlx::raw_sql(
+        "CREATE TABLE cmd (
+             trace_id     TEXT PRIMARY KEY,
+             command_type TEXT NOT NULL,
+             payload      TEXT NOT NULL,
+             owner        TEXT NOT NULL,
+             state        TEXT NOT NULL,
+             created_at   BIGINT NOT NULL)",
+    )
+    .execute(&mut conn)
+    .await?;
+    let _ = conn.close().await;
+    let payload = json!({ "input": order_input("c-1") }).to_string();
+    let script = dir.join("pgbench-insert.sql");
+    std::fs::write(
+        &script,
+        format!(
+            "INSERT INTO cmd (trace_id, command_type, payload, owner, state, created_at) \
+             VALUES (gen_random_uuid()::text, 'createOrder', '{payload}', 'alice', 'PENDING', \
+             (extract(epoch FROM clock_timestamp()) * 1000)::bigint);\n"
+        ),
+    )?;
+    Ok((db, script))
+}
+
+async fn pgbench_run(
+    env: &Env,
+    dir: &Path,
+    db: &str,
+    script: &Path,
+    secs: u64,
+    opts: &Opts,
+) -> anyhow::Result<PgbenchRun> {
     let Some(bin) = &env.pgbench else {
         bail!("pgbench not found (set TETHER_BENCH_PGBENCH)");
     };
-    let db = env.create_db("pgbench").await?;
-    let result = async {
-        let url = env.url(&db);
-        let mut conn = PgConnection::connect(&url).await?;
-        // Shaped like a small `commands` row: text key, type, JSON payload, owner, state, time.
-        sqlx::raw_sql(
-            "CREATE TABLE cmd (
-                 trace_id     TEXT PRIMARY KEY,
-                 command_type TEXT NOT NULL,
-                 payload      TEXT NOT NULL,
-                 owner        TEXT NOT NULL,
-                 state        TEXT NOT NULL,
-                 created_at   BIGINT NOT NULL)",
-        )
-        .execute(&mut conn)
-        .await?;
-        let _ = conn.close().await;
-        let payload = json!({ "input": order_input("c-1") }).to_string();
-        let script = dir.join("pgbench-insert.sql");
-        std::fs::write(
-            &script,
-            format!(
-                "INSERT INTO cmd (trace_id, command_type, payload, owner, state, created_at) \
-                 VALUES (gen_random_uuid()::text, 'createOrder', '{payload}', 'alice', 'PENDING', \
-                 (extract(epoch FROM clock_timestamp()) * 1000)::bigint);\n"
-            ),
-        )?;
-        let secs = opts.duration.as_secs().max(1);
-        let probe = CpuProbe::start(&[], &db, Some("pgbench"));
-        let waits = WaitSampler::start(env, &db).await;
-        let mut cmd = tokio::process::Command::new(bin);
-        cmd.args([
-            "-n",
-            "-M",
-            "prepared",
-            "-c",
-            &opts.concurrency.to_string(),
-            "-j",
-            "2",
-            "-T",
-            &secs.to_string(),
-            "-f",
-        ])
-        .arg(&script)
-        .arg(&url);
-        let out = run_to_end(cmd, "pgbench").await?;
-        let cpu = probe.finish(&[]);
-        let waits = waits_of(waits).await;
-        std::fs::write(dir.join("pgbench.out"), &out)?;
-        let field = |prefix: &str| {
-            out.lines().find_map(|l| {
-                l.trim()
-                    .strip_prefix(prefix)
-                    .map(str::trim)
-                    .map(str::to_owned)
-            })
-        };
-        let tps = field("tps = ")
-            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-            .ok_or_else(|| anyhow!("no tps in pgbench's output: {out}"))?;
-        Ok(PgbenchRun {
-            tps,
-            transactions: field("number of transactions actually processed:")
-                .and_then(|v| v.parse().ok()),
-            failed: field("number of failed transactions:"),
-            latency_avg_ms: field("latency average = ")
-                .and_then(|v| v.split_whitespace().next()?.parse().ok()),
-            secs,
-            cpu,
-            waits,
+    let probe = CpuProbe::start(&[], db, Some("pgbench"));
+    let waits = WaitSampler::start(env, db).await;
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.args([
+        "-n",
+        "-M",
+        "prepared",
+        "-c",
+        &opts.concurrency.to_string(),
+        "-j",
+        "2",
+        "-T",
+        &secs.to_string(),
+        "-f",
+    ])
+    .arg(script)
+    .arg(env.url(db));
+    let out = run_to_end(cmd, "pgbench").await?;
+    let cpu = probe.finish(&[]);
+    let waits = waits_of(waits).await;
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("pgbench.out"))?;
+    let _ = log.write_all(out.as_bytes());
+    let field = |prefix: &str| {
+        out.lines().find_map(|l| {
+            l.trim()
+                .strip_prefix(prefix)
+                .map(str::trim)
+                .map(str::to_owned)
         })
-    }
-    .await;
-    env.drop_db(&db).await;
-    result
+    };
+    let tps = field("tps = ")
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .ok_or_else(|| anyhow!("no tps in pgbench's output: {out}"))?;
+    Ok(PgbenchRun {
+        tps,
+        transactions: field("number of transactions actually processed:")
+            .and_then(|v| v.parse().ok()),
+        failed: field("number of failed transactions:")
+            .and_then(|v| v.split_whitespace().next()?.parse().ok()),
+        latency_avg_ms: field("latency average = ")
+            .and_then(|v| v.split_whitespace().next()?.parse().ok()),
+        secs,
+        cpu,
+        waits,
+    })
 }
 
 /// The events of a succeeded `createOrder` trace as tether writes them (seq 1–8), for the bulk
@@ -1331,58 +1457,167 @@ async fn bulk_load(url: &str, rows: u64) -> anyhow::Result<BulkLoad> {
     })
 }
 
-/// Accepts then trace queries on a new `serve --role api` over `db` (pgbench in between when
-/// asked); `db` is migrated (and loaded) already.
-async fn rw_round(
+async fn measure_accepts(
+    env: &Env,
+    db: &str,
+    api: &Server,
+    duration: Duration,
+    opts: &Opts,
+) -> Measured<AcceptRun> {
+    let probe = CpuProbe::start(&[(api.pid(), "tether API")], db, None);
+    let waits = WaitSampler::start(env, db).await;
+    let run = run_accepts(api.addr, opts.concurrency, duration).await;
+    let listeners = listen_pids(env, db).await;
+    let cpu = probe.finish(&listeners);
+    let waits = waits_of(waits).await;
+    Measured { run, cpu, waits }
+}
+
+async fn measure_queries(
+    env: &Env,
+    db: &str,
+    api: &Server,
+    ids: Arc<Vec<String>>,
+    duration: Duration,
+    opts: &Opts,
+) -> Measured<QueryRun> {
+    let probe = CpuProbe::start(&[(api.pid(), "tether API")], db, None);
+    let waits = WaitSampler::start(env, db).await;
+    let run = run_trace_queries(api.addr, ids, opts.concurrency, duration).await;
+    let listeners = listen_pids(env, db).await;
+    let cpu = probe.finish(&listeners);
+    let waits = waits_of(waits).await;
+    Measured { run, cpu, waits }
+}
+
+/// `serve --role api` on `db`, warmed up for a second (pool connections, prepared statements).
+async fn warm_api(dir: &Path, env: &Env, db: &str, opts: &Opts) -> anyhow::Result<Server> {
+    let api = start_api(dir, &format!("{db}-api"), &env.url(db)).await?;
+    let _ = run_accepts(api.addr, opts.concurrency, Duration::from_secs(1)).await;
+    Ok(api)
+}
+
+/// Round 1: accepts and pgbench, in the order accepts, pgbench, pgbench, accepts (halves).
+async fn accepts_vs_pgbench(
     env: &Env,
     dir: &Path,
-    db: &str,
     opts: &Opts,
-    pgbench_between: bool,
-    pgbench_out: &mut Option<anyhow::Result<PgbenchRun>>,
-) -> anyhow::Result<RwRound> {
-    let url = env.url(db);
-    let api = start_api(dir, &format!("{db}-api"), &url).await?;
-    // Warm-up: pool connections and prepared statements, not measured.
-    let _ = run_accepts(api.addr, opts.concurrency, Duration::from_secs(1)).await;
-    let probe = CpuProbe::start(&[(api.pid(), "tether API")], db, None);
-    let waits = WaitSampler::start(env, db).await;
-    let accepts = run_accepts(api.addr, opts.concurrency, opts.duration).await;
-    let listeners = listen_pids(env, db).await;
-    let accept_cpu = probe.finish(&listeners);
-    let accept_waits = waits_of(waits).await;
-    if pgbench_between {
-        eprintln!("load: (pg) pgbench …");
-        *pgbench_out = Some(pgbench(env, dir, opts).await);
+    r: &mut Results,
+) -> anyhow::Result<()> {
+    let db = env.create_db("empty").await?;
+    let result = async {
+        migrate(&env.url(&db)).await?;
+        let api = warm_api(dir, env, &db, opts).await?;
+        let pgb = pgbench_setup(env, dir).await;
+        let half = half(opts);
+        let a1 = measure_accepts(env, &db, &api, half, opts).await;
+        let mut runs = Vec::new();
+        if let Ok((pdb, script)) = &pgb {
+            for _ in 0..2 {
+                runs.push(pgbench_run(env, dir, pdb, script, half.as_secs(), opts).await);
+            }
+        }
+        let a2 = measure_accepts(env, &db, &api, half, opts).await;
+        r.accepts = Some(merge_accepts(a1, a2));
+        match pgb {
+            Ok((pdb, _)) => {
+                env.drop_db(&pdb).await;
+                let mut ok = Vec::new();
+                for run in runs {
+                    match run {
+                        Ok(run) => ok.push(run),
+                        Err(e) => r.failures.push(format!("pgbench: {e:#}")),
+                    }
+                }
+                r.pgbench = ok.into_iter().reduce(merge_pgbench);
+            }
+            Err(e) => r.failures.push(format!("pgbench: {e:#}")),
+        }
+        Ok(())
     }
-    eprintln!("load: (pg) trace queries …");
-    let ids = Arc::new(accepts.trace_ids.clone());
-    let probe = CpuProbe::start(&[(api.pid(), "tether API")], db, None);
-    let waits = WaitSampler::start(env, db).await;
-    let queries = run_trace_queries(api.addr, ids, opts.concurrency, opts.duration).await;
-    let listeners = listen_pids(env, db).await;
-    let query_cpu = probe.finish(&listeners);
-    let query_waits = waits_of(waits).await;
-    let monitor = pool(&url, 1).await?;
+    .await;
+    env.drop_db(&db).await;
+    result
+}
+
+/// Round 4: an empty database and one with `opts.pg_trace_rows` rows in `trace_events`, an API
+/// on each; accepts in the order empty, loaded, loaded, empty (halves), then trace queries the
+/// same way.
+async fn empty_vs_loaded(
+    env: &Env,
+    dir: &Path,
+    opts: &Opts,
+    r: &mut Results,
+) -> anyhow::Result<()> {
+    let empty = env.create_db("empty2").await?;
+    let loaded = match env.create_db("rows").await {
+        Ok(db) => db,
+        Err(e) => {
+            env.drop_db(&empty).await;
+            return Err(e);
+        }
+    };
+    let result = async {
+        migrate(&env.url(&empty)).await?;
+        migrate(&env.url(&loaded)).await?;
+        let load = bulk_load(&env.url(&loaded), opts.pg_trace_rows).await?;
+        eprintln!(
+            "load: (pg) loaded {} rows in {:.1} s (ANALYZE {:.1} s)",
+            load.rows,
+            load.insert.as_secs_f64(),
+            load.analyze.as_secs_f64()
+        );
+        r.load = Some(load);
+        let api_e = warm_api(dir, env, &empty, opts).await?;
+        let api_l = warm_api(dir, env, &loaded, opts).await?;
+        let half = half(opts);
+        eprintln!("load: (pg) accepts, empty / loaded / loaded / empty …");
+        let e1 = measure_accepts(env, &empty, &api_e, half, opts).await;
+        let l1 = measure_accepts(env, &loaded, &api_l, half, opts).await;
+        let l2 = measure_accepts(env, &loaded, &api_l, half, opts).await;
+        let e2 = measure_accepts(env, &empty, &api_e, half, opts).await;
+        let (ae, al) = (merge_accepts(e1, e2), merge_accepts(l1, l2));
+        eprintln!("load: (pg) trace queries, empty / loaded / loaded / empty …");
+        let (ids_e, ids_l) = (
+            Arc::new(ae.run.trace_ids.clone()),
+            Arc::new(al.run.trace_ids.clone()),
+        );
+        let e1 = measure_queries(env, &empty, &api_e, ids_e.clone(), half, opts).await;
+        let l1 = measure_queries(env, &loaded, &api_l, ids_l.clone(), half, opts).await;
+        let l2 = measure_queries(env, &loaded, &api_l, ids_l, half, opts).await;
+        let e2 = measure_queries(env, &empty, &api_e, ids_e, half, opts).await;
+        r.empty = Some(RwRound {
+            accepts: ae,
+            queries: merge_queries(e1, e2),
+            rows_note: rows_note(env, &empty).await,
+        });
+        r.loaded = Some(RwRound {
+            accepts: al,
+            queries: merge_queries(l1, l2),
+            rows_note: rows_note(env, &loaded).await,
+        });
+        Ok(())
+    }
+    .await;
+    env.drop_db(&empty).await;
+    env.drop_db(&loaded).await;
+    result
+}
+
+async fn rows_note(env: &Env, db: &str) -> String {
+    let Ok(monitor) = pool(&env.url(db), 1).await else {
+        return String::new();
+    };
     let commands = count(&monitor, "SELECT count(*) FROM commands").await.ok();
     let events = count(&monitor, "SELECT count(*) FROM trace_events")
         .await
         .ok();
     monitor.close().await;
-    drop(api);
-    Ok(RwRound {
-        accepts,
-        accept_cpu,
-        accept_waits,
-        queries,
-        query_cpu,
-        query_waits,
-        rows_note: format!(
-            "afterwards: {} commands, {} trace_events rows",
-            commands.map_or("?".into(), |c| c.to_string()),
-            events.map_or("?".into(), |c| c.to_string())
-        ),
-    })
+    format!(
+        "afterwards {} commands, {} trace_events rows",
+        commands.map_or("?".into(), |c| c.to_string()),
+        events.map_or("?".into(), |c| c.to_string())
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1391,8 +1626,11 @@ async fn rw_round(
 #[derive(Default)]
 struct Results {
     server: String,
-    empty: Option<RwRound>,
+    /// Round 1.
+    accepts: Option<Measured<AcceptRun>>,
     pgbench: Option<PgbenchRun>,
+    /// Round 4.
+    empty: Option<RwRound>,
     loaded: Option<RwRound>,
     load: Option<BulkLoad>,
     w1: Option<DrainRun>,
@@ -1415,27 +1653,10 @@ pub(super) async fn main(root: &Path, dir: &Path, opts: &Opts) -> anyhow::Result
         .unwrap_or_else(|e| format!("unknown ({e:#})"));
     let n = opts.pg_backlog as u64;
 
-    // 1. Empty tables: accepts, pgbench, trace queries.
-    eprintln!("load: (pg) 1. accepts and trace queries on empty tables …");
-    match env.create_db("empty").await {
-        Ok(db) => {
-            let mut pgb = None;
-            let result = match migrate(&env.url(&db)).await {
-                Ok(()) => rw_round(&env, dir, &db, opts, true, &mut pgb).await,
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(round) => r.empty = Some(round),
-                Err(e) => r.failures.push(format!("empty-table round: {e:#}")),
-            }
-            match pgb {
-                Some(Ok(p)) => r.pgbench = Some(p),
-                Some(Err(e)) => r.failures.push(format!("pgbench: {e:#}")),
-                None => {}
-            }
-            env.drop_db(&db).await;
-        }
-        Err(e) => r.failures.push(format!("{e:#}")),
+    // 1. Accepts and pgbench.
+    eprintln!("load: (pg) 1. accepts / pgbench / pgbench / accepts …");
+    if let Err(e) = accepts_vs_pgbench(&env, dir, opts, &mut r).await {
+        r.failures.push(format!("accepts and pgbench: {e:#}"));
     }
 
     // 2. tether workers: 1, then 2; the end-to-end latency with the faster count.
@@ -1449,7 +1670,7 @@ pub(super) async fn main(root: &Path, dir: &Path, opts: &Opts) -> anyhow::Result
             }
         };
         match tether_drain(&env, dir, &db, workers, n, opts).await {
-            Ok((run, api, mut children)) => {
+            Ok(run) => {
                 let done = run.busy_rate();
                 if workers == 1 {
                     r.w1 = Some(run);
@@ -1462,19 +1683,20 @@ pub(super) async fn main(root: &Path, dir: &Path, opts: &Opts) -> anyhow::Result
                         (a, None) => (a, 1),
                     };
                     if let Some(best) = best {
-                        children.truncate(count);
                         eprintln!(
                             "load: (pg) end-to-end latency with {count} worker(s) at ~{:.0}/s offered …",
                             best / 2.0
                         );
-                        match e2e_under_load(&api, &env.url(&db), best / 2.0, count, opts).await {
+                        let e2e = async {
+                            let (api, _workers) = start_cluster(dir, &env, &db, count).await?;
+                            e2e_under_load(&api, &env.url(&db), best / 2.0, count, opts).await
+                        };
+                        match e2e.await {
                             Ok(e) => r.e2e = Some(e),
                             Err(e) => r.failures.push(format!("end-to-end: {e:#}")),
                         }
                     }
                 }
-                drop(children);
-                drop(api);
             }
             Err(e) => r.failures.push(format!("{workers} worker(s): {e:#}")),
         }
@@ -1538,34 +1760,14 @@ pub(super) async fn main(root: &Path, dir: &Path, opts: &Opts) -> anyhow::Result
             .push(format!("graphile-worker not measured: {e}")),
     }
 
-    // 4. Loaded tables.
+    // 4. Empty and loaded tables.
     eprintln!(
-        "load: (pg) 4. bulk load of {} trace_events rows, then accepts and trace queries …",
+        "load: (pg) 4. bulk load of {} trace_events rows, then accepts and trace queries on an \
+         empty and the loaded database …",
         opts.pg_trace_rows
     );
-    match env.create_db("rows").await {
-        Ok(db) => {
-            let url = env.url(&db);
-            let loaded = async {
-                migrate(&url).await?;
-                let load = bulk_load(&url, opts.pg_trace_rows).await?;
-                eprintln!(
-                    "load: (pg) loaded {} rows in {:.1} s (ANALYZE {:.1} s)",
-                    load.rows,
-                    load.insert.as_secs_f64(),
-                    load.analyze.as_secs_f64()
-                );
-                r.load = Some(load);
-                rw_round(&env, dir, &db, opts, false, &mut None).await
-            }
-            .await;
-            match loaded {
-                Ok(round) => r.loaded = Some(round),
-                Err(e) => r.failures.push(format!("loaded round: {e:#}")),
-            }
-            env.drop_db(&db).await;
-        }
-        Err(e) => r.failures.push(format!("{e:#}")),
+    if let Err(e) = empty_vs_loaded(&env, dir, opts, &mut r).await {
+        r.failures.push(format!("empty and loaded tables: {e:#}"));
     }
 
     let server_log = scan_logs(dir, 20);
@@ -1630,9 +1832,9 @@ fn ratio(a: f64, b: f64) -> f64 {
 fn rows(r: &Results, opts: &Opts) -> Vec<Row> {
     let c = opts.concurrency;
     let mut rows = Vec::new();
-    let accept_rate = |round: &RwRound| per_s(round.accepts.accepted, round.accepts.elapsed);
-    let accept_value = |round: &RwRound| {
-        let a = &round.accepts;
+    let accept_rate = |m: &Measured<AcceptRun>| per_s(m.run.accepted, m.run.elapsed);
+    let accept_value = |m: &Measured<AcceptRun>| {
+        let a = &m.run;
         format!(
             "{:.0}/s ({} in {:.1} s; p50 {}, p99 {}; errors: {})",
             per_s(a.accepted, a.elapsed),
@@ -1654,17 +1856,19 @@ fn rows(r: &Results, opts: &Opts) -> Vec<Row> {
             q.errors.summary()
         )
     };
+    let cpu_value =
+        |cpu: &CpuSplit, waits: &Waits| format!("{}; {}", cpu.describe(), waits.describe());
 
     // 1.
-    if let Some(e) = &r.empty {
+    if let Some(a) = &r.accepts {
         rows.push(row(
             &format!("(1) accepted commands/s, {c} HTTP clients, `serve --role api`, empty tables"),
-            accept_value(e),
+            accept_value(a),
             "",
         ));
         rows.push(row(
             "(1) CPU cores during those accepts; the database's backends",
-            format!("{}; {}", e.accept_cpu.describe(), e.accept_waits.describe()),
+            cpu_value(&a.cpu, &a.waits),
             "",
         ));
     }
@@ -1680,20 +1884,20 @@ fn rows(r: &Results, opts: &Opts) -> Vec<Row> {
                 p.transactions.map_or("?".into(), |t| t.to_string()),
                 p.latency_avg_ms
                     .map_or("?".into(), |l| format!("{l:.2} ms")),
-                p.failed.clone().unwrap_or_else(|| "?".into())
+                p.failed.map_or("?".into(), |f| f.to_string())
             ),
             "baseline",
         ));
         rows.push(row(
             "(1) CPU cores during pgbench; the database's backends",
-            format!("{}; {}", p.cpu.describe(), p.waits.describe()),
+            cpu_value(&p.cpu, &p.waits),
             "",
         ));
     }
-    if let (Some(e), Some(p)) = (&r.empty, &r.pgbench) {
+    if let (Some(a), Some(p)) = (&r.accepts, &r.pgbench) {
         rows.push(row(
             "(1) ratio accepts/s ÷ pgbench TPS",
-            format!("{:.2}", ratio(accept_rate(e), p.tps)),
+            format!("{:.2}", ratio(accept_rate(a), p.tps)),
             "≥ 1.0",
         ));
     }
@@ -1795,7 +1999,10 @@ fn rows(r: &Results, opts: &Opts) -> Vec<Row> {
     // 3.
     if let Some(l) = &r.load {
         rows.push(row(
-            &format!("(3) bulk load of {} `trace_events` rows (one INSERT … SELECT)", l.rows),
+            &format!(
+                "(3) bulk load of {} `trace_events` rows (one INSERT … SELECT)",
+                l.rows
+            ),
             format!(
                 "{:.1} s, ANALYZE {:.1} s (then VACUUM {:.1} s, CHECKPOINT {:.1} s; table {:.2} GiB, indexes {:.2} GiB)",
                 l.insert.as_secs_f64(),
@@ -1808,38 +2015,31 @@ fn rows(r: &Results, opts: &Opts) -> Vec<Row> {
             "",
         ));
     }
-    if let Some(e) = &r.empty {
+    let rows_loaded = r.load.as_ref().map_or(0, |l| l.rows);
+    for (side, label) in [
+        (&r.empty, "empty tables".to_owned()),
+        (&r.loaded, format!("{rows_loaded} rows in trace_events")),
+    ] {
+        let Some(side) = side else { continue };
         rows.push(row(
-            &format!("(3) trace queries/s, {c} clients, empty tables"),
-            query_value(&e.queries),
+            &format!("(3) accepted commands/s, {c} clients, {label}"),
+            format!("{} ({})", accept_value(&side.accepts), side.rows_note),
             "",
         ));
         rows.push(row(
-            "(3) CPU cores during those queries; the database's backends",
-            format!("{}; {}", e.query_cpu.describe(), e.query_waits.describe()),
-            "",
-        ));
-    }
-    if let Some(l) = &r.loaded {
-        let rows_label = r.load.as_ref().map_or(0, |l| l.rows);
-        rows.push(row(
-            &format!("(3) accepted commands/s, {c} clients, {rows_label} rows in trace_events"),
-            format!("{} ({})", accept_value(l), l.rows_note),
+            &format!("(3) trace queries/s, {c} clients, {label}"),
+            query_value(&side.queries.run),
             "",
         ));
         rows.push(row(
-            &format!("(3) trace queries/s, {c} clients, {rows_label} rows in trace_events"),
-            query_value(&l.queries),
-            "",
-        ));
-        rows.push(row(
-            "(3) CPU cores during those accepts; the database's backends",
-            format!("{}; {}", l.accept_cpu.describe(), l.accept_waits.describe()),
-            "",
-        ));
-        rows.push(row(
-            "(3) CPU cores during those queries; the database's backends",
-            format!("{}; {}", l.query_cpu.describe(), l.query_waits.describe()),
+            &format!(
+                "(3) CPU cores during those accepts / queries ({label}); the database's backends"
+            ),
+            format!(
+                "accepts: {} — queries: {}",
+                cpu_value(&side.accepts.cpu, &side.accepts.waits),
+                cpu_value(&side.queries.cpu, &side.queries.waits)
+            ),
             "",
         ));
     }
@@ -1849,8 +2049,8 @@ fn rows(r: &Results, opts: &Opts) -> Vec<Row> {
             "(3) loaded ÷ empty: accepts/s, accept p99",
             format!(
                 "{:.2}, {:.2}",
-                ratio(accept_rate(l), accept_rate(e)),
-                ratio(p99(&l.accepts.latencies), p99(&e.accepts.latencies))
+                ratio(accept_rate(&l.accepts), accept_rate(&e.accepts)),
+                ratio(p99(&l.accepts.run.latencies), p99(&e.accepts.run.latencies))
             ),
             "rate ≥ 0.83, p99 ≤ 1.2",
         ));
@@ -1858,8 +2058,8 @@ fn rows(r: &Results, opts: &Opts) -> Vec<Row> {
             "(3) loaded ÷ empty: trace queries/s, query p99",
             format!(
                 "{:.2}, {:.2}",
-                ratio(l.queries.rate(), e.queries.rate()),
-                ratio(p99(&l.queries.latencies), p99(&e.queries.latencies))
+                ratio(l.queries.run.rate(), e.queries.run.rate()),
+                ratio(p99(&l.queries.run.latencies), p99(&e.queries.run.latencies))
             ),
             "rate ≥ 0.83, p99 ≤ 1.2",
         ));
@@ -1983,7 +2183,7 @@ fn markdown(
             let _ = writeln!(md, "- log: `{}`", l.replace('`', "'"));
         }
     }
-    let secs = opts.duration.as_secs();
+    let half = half(opts).as_secs();
     let c = opts.concurrency;
     let _ = writeln!(md, "\nHow each figure was measured:\n");
     for line in [
@@ -1993,11 +2193,12 @@ fn markdown(
             .into(),
         format!(
             "- (1) accepts: after 1 s of warm-up, {c} tasks each with a keep-alive HTTP client loop \
-             `createOrder` for {secs} s (as in the SQLite phase); no worker runs, so the commands \
-             stay pending. pgbench right after, on a database of its own: `pgbench -n -M prepared \
-             -c {c} -j 2 -T {secs}` with a one-statement script inserting one row (uuid text key, \
-             command type, the order JSON, owner, state, a timestamp) into a table with a primary \
-             key; TPS as pgbench reports it (without connection time)."
+             `createOrder` (as in the SQLite phase); no worker runs, so the commands stay \
+             pending. pgbench on a database of its own: `pgbench -n -M prepared -c {c} -j 2 -T \
+             {half}` with a one-statement script inserting one row (uuid text key, command type, \
+             the order JSON, owner, state, a timestamp) into a table with a primary key; TPS as \
+             pgbench reports it (without connection time), the mean of its two runs. Order: \
+             accepts {half} s, pgbench {half} s, pgbench {half} s, accepts {half} s."
         ),
         format!(
             "- (2) executors: {} commands accepted through the API with no worker running; then \
@@ -2016,20 +2217,23 @@ fn markdown(
             CONCURRENCY_PER_PROCESS + 2
         ),
         format!(
-            "- (2) end-to-end: with the faster worker count still running, 8 paced clients offer \
-             half the executed rate in `createOrder`s while {} clients measure as in the SQLite \
+            "- (2) end-to-end: on the database just drained, a new API and the faster worker \
+             count; {c} paced clients offer half the executed rate in `createOrder`s (after 1 s \
+             of that, the measurement starts) while {} clients measure as in the SQLite \
              phase (mutation → the `TransactionManager` `SUCCESS` event, live over the API's \
              WebSocket, which learns it from the worker by LISTEN/NOTIFY, or from the history).",
             opts.e2e_clients
         ),
         format!(
-            "- (3) the empty-table round is round 1; the loaded round repeats it (without \
-             pgbench) on a database whose `trace_events` got {} rows first: one `INSERT … SELECT \
-             … FROM generate_series` of 8 events per past trace (UUID v7 IDs from 30 days ago, \
-             in order), then `ANALYZE`, `VACUUM` and `CHECKPOINT` (so autovacuum and the \
-             checkpoint do not land in the measurement). Trace queries: {c} clients for {secs} s, \
-             each request for a random trace accepted in that round, alternately `trace(traceId) \
-             {{ state attempts events {{ … }} }}` and `traceEvents(traceId)`.",
+            "- (3) two new databases, one of them loaded first with {} `trace_events` rows: one \
+             `INSERT … SELECT … FROM generate_series` of 8 events per past trace (UUID v7 IDs \
+             from 30 days ago, in order, messages and details as tether writes them), then \
+             `ANALYZE`, `VACUUM` and `CHECKPOINT` (so autovacuum and the checkpoint do not land \
+             in the measurement); an API on each (warmed up 1 s). Accepts as in (1), in the \
+             order empty, loaded, loaded, empty, {half} s each; then trace queries the same \
+             way: {c} clients, each request for a random trace that database accepted, \
+             alternately `trace(traceId) {{ state attempts events {{ … }} }}` and \
+             `traceEvents(traceId)`.",
             opts.pg_trace_rows
         ),
         "- (4) CPU: user + system time from `/proc/<pid>/stat` over the phase ÷ its wall time, \
@@ -2042,7 +2246,8 @@ fn markdown(
          transaction that sent a NOTIFY and holds until the commit is flushed; \"idle in \
          transaction\" means waiting for the client's next statement). Per command / job: \
          `pg_stat_database` of the round's database and `pg_stat_wal` (server-wide) before \
-         and after, each read 1.3 s after the phase so backends have reported; fsync time from \
+         and after (the clients of the phase stopped first, since a backend reports its \
+         counters when it exits or up to 10 s after it goes idle); fsync time from \
          `track_wal_io_timing`, switched on for the round's databases."
             .into(),
     ] {
