@@ -1083,6 +1083,7 @@ async fn start_cluster(
 }
 
 /// graphile-worker on a new database: `n` jobs queued by `setup`, then `processes` runners.
+#[allow(clippy::too_many_arguments)]
 async fn graphile_drain(
     env: &Env,
     dir: &Path,
