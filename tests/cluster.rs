@@ -382,12 +382,51 @@ async fn assert_invariants(url: &str, submitted: &[(String, String, &'static str
     }
 }
 
-async fn running(url: &str) -> i64 {
+/// Waits (bounded) until `sql`, a `count(*)`, reaches `at_least` in the database at `url`.
+async fn wait_count(url: &str, sql: &'static str, at_least: i64, what: &str) {
     let mut db = sqlx::PgConnection::connect(url).await.expect("connecting");
-    sqlx::query_scalar("SELECT count(*) FROM commands WHERE state = 'RUNNING'")
-        .fetch_one(&mut db)
-        .await
-        .unwrap()
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let n: i64 = sqlx::query_scalar(sql).fetch_one(&mut db).await.unwrap();
+        if n >= at_least {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {n} < {at_least} after 20 s"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+const RUNNING: &str = "SELECT count(*) FROM commands WHERE state = 'RUNNING'";
+
+/// Two API replicas and two workers on the database at `url`.
+struct Cluster {
+    api: Vec<Tether>,
+    workers: Vec<Tether>,
+    replicas: Replicas,
+}
+
+impl Cluster {
+    async fn start(url: &str, logs: &std::path::Path) -> Self {
+        let mut api = Vec::new();
+        let mut workers = Vec::new();
+        for _ in 0..2 {
+            let args = ["serve", "--role", "api", "--addr", "127.0.0.1:0"];
+            api.push(Tether::start(&args, url, logs).await);
+            workers.push(Tether::start(&["worker"], url, logs).await);
+        }
+        let addrs = api
+            .iter()
+            .map(|t| t.addr.expect("an API address"))
+            .collect();
+        Cluster {
+            api,
+            workers,
+            replicas: Arc::new(RwLock::new(addrs)),
+        }
+    }
 }
 
 /// Submits `range` of the plan concurrently, each to replica `i % 2`, and follows each on the
@@ -432,14 +471,6 @@ async fn finish(
     seen_all
 }
 
-async fn commands(url: &str) -> i64 {
-    let mut db = sqlx::PgConnection::connect(url).await.expect("connecting");
-    sqlx::query_scalar("SELECT count(*) FROM commands")
-        .fetch_one(&mut db)
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_and_workers_killed_with_sigkill_lose_nothing() {
     let db = common::TestDb::new(common::Backend::Postgres, "cluster").await;
@@ -451,37 +482,18 @@ async fn replicas_and_workers_killed_with_sigkill_lose_nothing() {
         .await
         .expect("tether migrate");
     assert!(migrate.status.success(), "{migrate:?}");
-    let mut api = Vec::new();
-    for _ in 0..2 {
-        api.push(
-            Tether::start(
-                &["serve", "--role", "api", "--addr", "127.0.0.1:0"],
-                &db.url,
-                &logs,
-            )
-            .await,
-        );
-    }
-    let mut workers = Vec::new();
-    for _ in 0..2 {
-        workers.push(Tether::start(&["worker"], &db.url, &logs).await);
-    }
-    let replicas: Replicas = Arc::new(RwLock::new(
-        api.iter()
-            .map(|t| t.addr.expect("an API address"))
-            .collect(),
-    ));
+    let Cluster {
+        mut api,
+        mut workers,
+        replicas,
+    } = Cluster::start(&db.url, &logs).await;
     let http = reqwest::Client::new();
 
     let mut started = load(&http, &replicas, 0..30).await;
 
     // kill -9 a worker while attempts are in flight: their leases expire, the other worker's
     // sweeper counts them and they run again.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while running(&db.url).await < 4 {
-        assert!(Instant::now() < deadline, "attempts never ran in parallel");
-        tokio::task::yield_now().await;
-    }
+    wait_count(&db.url, RUNNING, 4, "attempts running in parallel").await;
     workers[0].kill9().await;
 
     // kill -9 an API replica while commands are submitted to it and subscribers follow
@@ -491,11 +503,8 @@ async fn replicas_and_workers_killed_with_sigkill_lose_nothing() {
         let (http, replicas) = (http.clone(), replicas.clone());
         tokio::spawn(async move { load(&http, &replicas, 30..50).await })
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while commands(&db.url).await < 36 {
-        assert!(Instant::now() < deadline, "the second load never arrived");
-        tokio::task::yield_now().await;
-    }
+    let all = "SELECT count(*) FROM commands";
+    wait_count(&db.url, all, 36, "commands of the second load").await;
     api[1].kill9().await;
     replicas.write().await.remove(1);
     started.extend(second.await.expect("second load"));
@@ -576,43 +585,17 @@ impl Drop for PrivatePg {
 async fn a_postgres_crash_restart_loses_no_event_for_live_subscribers() {
     let pg = PrivatePg::start().await;
     let logs = scratch_dir("cluster-logs");
-    let mut api = Vec::new();
-    for _ in 0..2 {
-        api.push(
-            Tether::start(
-                &["serve", "--role", "api", "--addr", "127.0.0.1:0"],
-                &pg.url,
-                &logs,
-            )
-            .await,
-        );
-    }
-    let _workers = [
-        Tether::start(&["worker"], &pg.url, &logs).await,
-        Tether::start(&["worker"], &pg.url, &logs).await,
-    ];
-    let replicas: Replicas = Arc::new(RwLock::new(
-        api.iter()
-            .map(|t| t.addr.expect("an API address"))
-            .collect(),
-    ));
+    let cluster = Cluster::start(&pg.url, &logs).await;
+    let replicas = cluster.replicas.clone();
     let http = reqwest::Client::new();
 
     let mut started = load(&http, &replicas, 0..24).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while running(&pg.url).await < 4 {
-        assert!(Instant::now() < deadline, "attempts never ran in parallel");
-        tokio::task::yield_now().await;
-    }
+    wait_count(&pg.url, RUNNING, 4, "attempts running in parallel").await;
     // Crash PostgreSQL while attempts run and subscribers wait: connections drop, LISTEN
     // connections reconnect with backoff and catch up, failed attempts retry.
-    let t = Instant::now();
     pg.ctl("restart").await;
-    eprintln!("restart {:?}", t.elapsed());
     started.extend(load(&http, &replicas, 24..36).await);
-    eprintln!("load {:?}", t.elapsed());
     let seen = finish(&pg.url, started).await;
-    eprintln!("finish {:?}", t.elapsed());
 
     // No replica died, so every follower kept its first connection, and that connection's
     // live stream ran to the end: what the listener missed while PostgreSQL was down, the
@@ -647,7 +630,7 @@ async fn a_postgres_crash_restart_loses_no_event_for_live_subscribers() {
             "internals in an error: {text}"
         );
     }
-    drop(api);
+    drop(cluster);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -670,11 +653,7 @@ async fn sigterm_stops_each_role_gracefully_and_a_released_attempt_does_not_coun
         "faults": { "delayMs": 3_000 },
     });
     let trace = submit(&http, &replicas, 0, input, "slow").await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while running(&db.url).await < 1 {
-        assert!(Instant::now() < deadline, "the attempt never started");
-        tokio::task::yield_now().await;
-    }
+    wait_count(&db.url, RUNNING, 1, "the attempt running").await;
 
     // The worker stops at once: its attempt is waiting, so it gives the lease back instead
     // of finishing it.

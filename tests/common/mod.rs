@@ -408,29 +408,23 @@ impl TestDb {
                 .map(Value::from)
                 .unwrap_or_else(|e| panic!("column {i}: {e}"))
         }
+        // The same code for both connection types.
+        macro_rules! run {
+            ($conn:ty) => {{
+                let mut conn = <$conn>::connect(&self.url).await.unwrap();
+                let mut q = sqlx::query(sql);
+                for a in args {
+                    q = q.bind(*a);
+                }
+                let rows = q.fetch_all(&mut conn).await.expect("query");
+                rows.iter()
+                    .map(|r| (0..r.columns().len()).map(|i| column(r, i)).collect())
+                    .collect()
+            }};
+        }
         match self.backend {
-            Backend::Sqlite => {
-                let mut conn = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
-                let mut q = sqlx::query(sql);
-                for a in args {
-                    q = q.bind(*a);
-                }
-                let rows = q.fetch_all(&mut conn).await.expect("query");
-                rows.iter()
-                    .map(|r| (0..r.columns().len()).map(|i| column(r, i)).collect())
-                    .collect()
-            }
-            Backend::Postgres => {
-                let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
-                let mut q = sqlx::query(sql);
-                for a in args {
-                    q = q.bind(*a);
-                }
-                let rows = q.fetch_all(&mut conn).await.expect("query");
-                rows.iter()
-                    .map(|r| (0..r.columns().len()).map(|i| column(r, i)).collect())
-                    .collect()
-            }
+            Backend::Sqlite => run!(sqlx::SqliteConnection),
+            Backend::Postgres => run!(sqlx::PgConnection),
         }
     }
 
