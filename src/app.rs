@@ -102,7 +102,7 @@ impl Application {
             store: store.clone(),
             hub: hub.clone(),
             commands,
-            doc,
+            doc: doc.clone(),
             limits: Limits {
                 max_depth: config.max_depth,
                 max_complexity: config.max_complexity,
@@ -140,6 +140,7 @@ impl Application {
         }
 
         let router = api::router(ApiState {
+            live: schema::LiveSchema::new(schema.clone(), doc, hub.clone()),
             schema,
             auth: Arc::new(auth),
             store: store.clone(),
@@ -151,6 +152,8 @@ impl Application {
                 max_subscriptions_per_connection: config.max_subscriptions_per_connection,
                 connection_init_timeout_ms: config.connection_init_timeout_ms,
                 ws_read_buffer: config.ws_read_buffer,
+                keepalive_ms: config.ws_keepalive_ms,
+                connection_lifetime_ms: config.ws_lifetime_ms,
             }),
             shutdown: shutdown.clone(),
         });

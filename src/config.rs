@@ -203,6 +203,13 @@ pub struct Config {
         default_value_t = 10_000
     )]
     pub connection_init_timeout_ms: u64,
+    /// Interval of `ka` keep-alive frames on the legacy and AppSync WebSocket protocols (AppSync
+    /// sends one about every 60 s); 0 turns them off.
+    #[arg(long, env = "TETHER_WS_KEEPALIVE_MS", default_value_t = 60_000)]
+    pub ws_keepalive_ms: u64,
+    /// A WebSocket connection is closed after this long; clients reconnect (AppSync: 24 h).
+    #[arg(long, env = "TETHER_WS_LIFETIME_MS", default_value_t = 86_400_000)]
+    pub ws_lifetime_ms: u64,
     /// Read buffer per WebSocket connection (the stock one is 128 KiB).
     #[arg(long, env = "TETHER_WS_READ_BUFFER", default_value_t = 256)]
     pub ws_read_buffer: usize,

@@ -74,6 +74,18 @@ impl Authenticator {
             .and_then(|v| v.as_str());
         self.check_key(key)
     }
+
+    /// From an AppSync authorization header object (the `header` of the real-time handshake,
+    /// or a `start`'s `extensions.authorization`): `{"host": …, "x-api-key": …}`. Header names
+    /// are case-insensitive.
+    pub fn from_header_object(&self, object: &serde_json::Value) -> Option<Principal> {
+        let key = object.as_object()?.iter().find_map(|(name, value)| {
+            name.eq_ignore_ascii_case(API_KEY_HEADER)
+                .then(|| value.as_str())
+                .flatten()
+        });
+        self.check_key(key)
+    }
 }
 
 /// A new random API key.

@@ -139,13 +139,29 @@ pub fn appsync_shape(mut response: Value) -> Value {
 pub async fn graphql_get(State(app): State<ApiState>, request: axum::extract::Request) -> Response {
     let (mut parts, _body) = request.into_parts();
     match WebSocketUpgrade::from_request_parts(&mut parts, &app).await {
-        Ok(upgrade) => super::ws::upgrade(app, &mut parts, upgrade).await,
+        Ok(upgrade) => super::ws::upgrade(app, &parts, upgrade, false).await,
         Err(_) if parts.headers.contains_key(header::UPGRADE) => reject(
             StatusCode::BAD_REQUEST,
             "BadRequestException",
             "invalid WebSocket upgrade request",
         ),
         Err(_) => graphiql().await.into_response(),
+    }
+}
+
+/// `GET /graphql/realtime`: AppSync's real-time WebSocket.
+pub async fn realtime_get(
+    State(app): State<ApiState>,
+    request: axum::extract::Request,
+) -> Response {
+    let (mut parts, _body) = request.into_parts();
+    match WebSocketUpgrade::from_request_parts(&mut parts, &app).await {
+        Ok(upgrade) => super::ws::upgrade(app, &parts, upgrade, true).await,
+        Err(_) => reject(
+            StatusCode::BAD_REQUEST,
+            "BadRequestException",
+            "this endpoint takes WebSocket upgrades (subprotocol graphql-ws) only",
+        ),
     }
 }
 

@@ -3,6 +3,7 @@
 //! * `POST /graphql`: queries and mutations (single or batched), API key in `x-api-key`.
 //! * `GET /graphql` with a WebSocket upgrade: subscriptions over `graphql-transport-ws` and the
 //!   legacy `subscriptions-transport-ws` (`graphql-ws`); without an upgrade: GraphiQL.
+//! * `GET /graphql/realtime` with a WebSocket upgrade: AppSync's real-time protocol.
 //! * `GET /health`: liveness plus executor and hub counters.
 
 mod auth;
@@ -28,11 +29,18 @@ pub struct TransportLimits {
     pub max_subscriptions_per_connection: usize,
     pub connection_init_timeout_ms: u64,
     pub ws_read_buffer: usize,
+    /// `ka` interval (legacy and AppSync protocols); 0 turns it off.
+    pub keepalive_ms: u64,
+    /// A WebSocket connection is closed after this long (AppSync: 24 h).
+    pub connection_lifetime_ms: u64,
 }
 
 #[derive(Clone)]
 pub struct ApiState {
+    /// Queries and mutations (HTTP).
     pub schema: async_graphql::dynamic::Schema,
+    /// Subscriptions (WebSocket).
+    pub live: crate::schema::LiveSchema,
     pub auth: Arc<Authenticator>,
     pub store: Arc<dyn Store>,
     pub hub: Arc<Hub>,
@@ -45,6 +53,7 @@ pub struct ApiState {
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/graphql", get(http::graphql_get).post(http::graphql_post))
+        .route("/graphql/realtime", get(http::realtime_get))
         .route("/", get(http::graphiql))
         .route("/health", get(http::health))
         .with_state(state)

@@ -1,214 +1,571 @@
-//! Subscriptions over WebSocket: `graphql-transport-ws` and the legacy
-//! `subscriptions-transport-ws` (subprotocol `graphql-ws`), served by async-graphql's protocol
-//! engine with tether's own socket around it:
+//! Subscriptions over WebSocket: three protocols, one engine.
 //!
-//! * buffers sized per connection (the stock read buffer is 128 KiB; thousands of idle
-//!   subscribers would pay that each),
-//! * authentication from the upgrade's `x-api-key` header or the `connection_init` payload,
-//! * a connection-init timeout, a cap on subscriptions per connection, and a clean close at
-//!   shutdown.
+//! * `graphql-transport-ws` on `/graphql` (what the `graphql-ws` npm library speaks);
+//! * Apollo's legacy `subscriptions-transport-ws` on `/graphql` (subprotocol `graphql-ws`);
+//! * AppSync's real-time protocol on `/graphql/realtime`, the URL AppSync clients derive from
+//!   `…/graphql` (also subprotocol `graphql-ws`, but with `start_ack`, `ka`, `payload.data` as
+//!   a JSON string and authorization header objects; see `reference/appsync.md` §1).
+//!
+//! A connection is one task and owns its socket: it reads frames, starts subscriptions through
+//! [`LiveSchema::prepare`] (async-graphql validates and authorises once, concurrently with
+//! other frames), forwards what the hub delivers and sends keep-alives. No writer task and no
+//! channel per connection: thousands of idle subscribers stay cheap. A client that stops
+//! reading is closed after [`WRITE_TIMEOUT`]; meanwhile its hub buffers fill and the hub drops
+//! its subscriptions (G8).
+//!
+//! Limits: subscriptions per connection, the time to `connection_init`, the connection's
+//! lifetime, the size of an incoming frame. Oversized payloads are not delivered (the hub's
+//! 240 KB cap, as on AppSync).
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
 use std::time::Duration;
 
-use async_graphql::Data;
-use async_graphql::http::WebSocketProtocols;
-use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
-use axum::extract::FromRequestParts;
+use async_graphql::{Request, ServerError};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::http::request::Parts;
-use axum::response::{IntoResponse, Response};
-use futures_channel::mpsc;
-use futures_util::{SinkExt, StreamExt, future};
+use axum::response::Response;
+use base64::Engine;
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
+use tokio::time::{Instant, Sleep};
+use tokio_stream::StreamMap;
 
 use super::ApiState;
+use super::http::appsync_shape;
 use crate::domain::Principal;
+use crate::schema::live::{Delivery, Live, Prepared};
 
-/// Outgoing frames waiting for the socket, per connection. A futures channel allocates per
-/// queued frame; tokio's would hold a block of 32 frames (~1.5 KiB) for every idle socket.
-const OUTGOING: usize = 16;
+/// A client that has not taken a frame for this long is closed.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn upgrade(app: ApiState, parts: &mut Parts, upgrade: WebSocketUpgrade) -> Response {
-    let protocol = match GraphQLProtocol::from_request_parts(parts, &()).await {
-        Ok(p) => p,
-        Err(rejection) => return rejection.into_response(),
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// `graphql-transport-ws`.
+    TransportWs,
+    /// `subscriptions-transport-ws`, subprotocol `graphql-ws`.
+    Legacy,
+    /// AppSync real-time, subprotocol `graphql-ws` on `…/realtime`.
+    AppSync,
+}
+
+/// `GET /graphql` and `GET /graphql/realtime` with an upgrade.
+pub async fn upgrade(
+    app: ApiState,
+    parts: &Parts,
+    upgrade: WebSocketUpgrade,
+    realtime: bool,
+) -> Response {
+    let offered: Vec<&str> = upgrade
+        .requested_protocols()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    // AppSync clients send their authorization header object as a second subprotocol
+    // (`header-<base64url>`) or, older ones, as the `header` query parameter.
+    let header_object = offered
+        .iter()
+        .find_map(|p| p.strip_prefix("header-"))
+        .map(str::to_owned)
+        .or_else(|| query_param(parts.uri.query().unwrap_or(""), "header"))
+        .and_then(|encoded| decode_header_object(&encoded));
+    let protocol = if realtime || header_object.is_some() {
+        Protocol::AppSync
+    } else if offered.contains(&"graphql-ws") && !offered.contains(&"graphql-transport-ws") {
+        Protocol::Legacy
+    } else {
+        Protocol::TransportWs
     };
-    let header_principal = app.auth.from_headers(&parts.headers);
-    let legacy = parts
-        .headers
-        .get("sec-websocket-protocol")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| !v.contains(WebSocketProtocols::GraphQLWS.sec_websocket_protocol()));
+    let principal = match (&header_object, protocol) {
+        (Some(object), _) => app.auth.from_header_object(object),
+        _ => app.auth.from_headers(&parts.headers),
+    };
+    let limits = app.limits.clone();
     upgrade
         .protocols(["graphql-transport-ws", "graphql-ws"])
-        .read_buffer_size(app.limits.ws_read_buffer)
+        .read_buffer_size(limits.ws_read_buffer)
         .write_buffer_size(0)
-        .max_message_size(app.limits.max_body_bytes)
-        .on_upgrade(move |socket| serve(app, socket, protocol, legacy, header_principal))
+        .max_message_size(limits.max_body_bytes)
+        .on_upgrade(move |socket| serve(app, socket, protocol, principal))
+}
+
+/// The `name` parameter of a query string, percent-decoded. A `+` stays a `+`: hand-written
+/// clients put raw base64 there.
+fn query_param(query: &str, name: &str) -> Option<String> {
+    let raw = query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name).then_some(v)
+    })?;
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// base64 or base64url, padded or not (and a `+` that form decoding turned into a space).
+fn decode_header_object(encoded: &str) -> Option<Value> {
+    let normal: String = encoded
+        .trim_end_matches('=')
+        .chars()
+        .map(|c| match c {
+            '-' => '+',
+            '_' => '/',
+            ' ' => '+',
+            c => c,
+        })
+        .collect();
+    let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(normal)
+        .ok()?;
+    serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .filter(Value::is_object)
 }
 
 #[derive(Deserialize)]
-struct Frame {
+struct ClientFrame {
     #[serde(rename = "type")]
     kind: String,
     id: Option<String>,
+    #[serde(default)]
+    payload: Value,
 }
 
-/// Subscription ids this connection has running.
-#[derive(Default)]
-struct Active {
-    ids: HashSet<String>,
-    initialised: bool,
+/// A started subscription, query or mutation, back from its preparation.
+struct Started {
+    id: Box<str>,
+    generation: u64,
+    outcome: Outcome,
+}
+
+enum Outcome {
+    Live(Live),
+    /// A query or mutation's response (`graphql-transport-ws` and legacy only).
+    Response(Value),
+    Failed(Vec<Value>),
+}
+
+struct Conn {
+    app: ApiState,
+    protocol: Protocol,
+    /// From the handshake (headers, AppSync header object); `connection_init` may add it.
+    handshake: Option<Principal>,
+    principal: Option<Principal>,
+    subs: StreamMap<Box<str>, Live>,
+    /// Subscriptions being prepared, by id; the generation tells a `stop`ped one from a new
+    /// one with the same id.
+    pending_ids: HashMap<Box<str>, u64>,
+    pending: FuturesUnordered<BoxFuture<'static, Started>>,
+    generation: u64,
+    /// Frames to send, in order, before the next read.
+    out: Vec<Message>,
+    /// Close the connection after `out` is sent.
+    close: Option<(u16, String)>,
 }
 
 async fn serve(
     app: ApiState,
-    socket: WebSocket,
-    protocol: GraphQLProtocol,
-    legacy: bool,
-    header_principal: Option<Principal>,
+    mut socket: WebSocket,
+    protocol: Protocol,
+    handshake: Option<Principal>,
 ) {
-    let (mut socket_tx, socket_rx) = socket.split();
-    let (mut out_tx, mut out_rx) = mpsc::channel::<Message>(OUTGOING);
-    let active = Arc::new(Mutex::new(Active::default()));
-    let cap = app.limits.max_subscriptions_per_connection;
+    let limits = app.limits.clone();
+    let shutdown = app.shutdown.clone();
+    let mut conn = Conn {
+        app,
+        protocol,
+        handshake,
+        principal: None,
+        subs: StreamMap::new(),
+        pending_ids: HashMap::new(),
+        pending: FuturesUnordered::new(),
+        generation: 0,
+        out: Vec::new(),
+        close: None,
+    };
+    // Before `connection_init`: the init timeout; after it: the connection's lifetime.
+    let mut deadline: std::pin::Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(
+        Duration::from_millis(limits.connection_init_timeout_ms),
+    ));
+    let keepalive = Duration::from_millis(limits.keepalive_ms.max(1));
+    let mut next_ka: std::pin::Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(keepalive));
+    let sends_ka = protocol != Protocol::TransportWs && limits.keepalive_ms > 0;
+    loop {
+        let was_initialised = conn.principal.is_some();
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => conn.close_with(1001, "server shutting down"),
+            _ = &mut deadline => {
+                if was_initialised {
+                    conn.close_with(1000, "connection lifetime reached; reconnect");
+                } else {
+                    conn.close_with(4408, "Connection initialisation timeout");
+                }
+            }
+            msg = socket.recv() => match msg {
+                Some(Ok(Message::Text(text))) => conn.on_text(text.as_str()),
+                Some(Ok(Message::Binary(_))) => conn.invalid("binary frames are not supported"),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+            },
+            Some(started) = conn.pending.next(), if !conn.pending.is_empty() => conn.on_started(started),
+            Some((id, delivery)) = conn.subs.next(), if !conn.subs.is_empty() => conn.on_delivery(&id, delivery),
+            _ = &mut next_ka, if sends_ka && was_initialised => {
+                next_ka.as_mut().reset(Instant::now() + keepalive);
+                conn.text(json!({ "type": "ka" }));
+            }
+        }
+        if !was_initialised && conn.principal.is_some() {
+            deadline
+                .as_mut()
+                .reset(Instant::now() + Duration::from_millis(limits.connection_lifetime_ms));
+            next_ka.as_mut().reset(Instant::now() + keepalive);
+        }
+        for msg in conn.out.drain(..) {
+            match tokio::time::timeout(WRITE_TIMEOUT, socket.send(msg)).await {
+                Ok(Ok(())) => {}
+                _ => return,
+            }
+        }
+        if let Some((code, reason)) = conn.close.take() {
+            let frame = Message::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            }));
+            let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(frame)).await;
+            return;
+        }
+    }
+}
 
-    // Client → engine: track subscription ids; refuse the one past the cap.
-    let incoming = {
-        let active = active.clone();
-        let mut out_tx = out_tx.clone();
-        socket_rx.filter_map(move |msg| {
-            let pass = match &msg {
-                Ok(Message::Text(text)) => admit(&active, &mut out_tx, text.as_str(), cap, legacy),
-                _ => true,
+impl Conn {
+    fn text(&mut self, frame: Value) {
+        self.out.push(Message::Text(frame.to_string().into()));
+    }
+
+    fn close_with(&mut self, code: u16, reason: impl Into<String>) {
+        self.close = Some((code, reason.into()));
+    }
+
+    /// A frame the protocol does not allow.
+    fn invalid(&mut self, what: &str) {
+        match self.protocol {
+            Protocol::TransportWs => self.close_with(4400, what),
+            Protocol::Legacy => {
+                self.text(json!({ "type": "error", "payload": { "message": what } }))
+            }
+            Protocol::AppSync => self.text(json!({ "type": "error", "payload": { "errors": [
+                { "errorType": "UnsupportedOperation", "message": what } ] } })),
+        }
+    }
+
+    fn on_text(&mut self, text: &str) {
+        let frame = match serde_json::from_str::<ClientFrame>(text) {
+            Ok(f) => f,
+            Err(_) => return self.invalid("the frame is not a JSON object with a `type`"),
+        };
+        use Protocol::*;
+        match (self.protocol, frame.kind.as_str()) {
+            (_, "connection_init") => self.init(&frame.payload),
+            (TransportWs, "ping") => self.text(json!({ "type": "pong" })),
+            (TransportWs, "pong") => {}
+            (TransportWs, "subscribe") | (Legacy | AppSync, "start") => {
+                self.start(frame.id, frame.payload)
+            }
+            (TransportWs, "complete") | (Legacy | AppSync, "stop") => match frame.id {
+                Some(id) => self.stop(&id),
+                None => self.invalid("the frame needs an `id`"),
+            },
+            (Legacy, "connection_terminate") => self.close_with(1000, "terminated"),
+            (_, other) => {
+                let what = format!("`{other}` is not a message of this protocol");
+                self.invalid(&what)
+            }
+        }
+    }
+
+    fn init(&mut self, payload: &Value) {
+        if self.principal.is_some() {
+            if self.protocol == Protocol::TransportWs {
+                self.close_with(4429, "Too many initialisation requests");
+            }
+            return;
+        }
+        let principal = match self.protocol {
+            Protocol::AppSync => self.handshake.clone(),
+            _ => self
+                .handshake
+                .clone()
+                .or_else(|| self.app.auth.from_init_payload(payload)),
+        };
+        let Some(principal) = principal else {
+            return self.refuse_connection();
+        };
+        self.principal = Some(principal);
+        match self.protocol {
+            Protocol::TransportWs => self.text(json!({ "type": "connection_ack" })),
+            Protocol::Legacy => {
+                self.text(json!({ "type": "connection_ack" }));
+                self.text(json!({ "type": "ka" }));
+            }
+            Protocol::AppSync => {
+                let timeout = 300_000.max(self.app.limits.keepalive_ms * 2);
+                self.text(json!({ "type": "connection_ack", "payload": { "connectionTimeoutMs": timeout } }));
+                self.text(json!({ "type": "ka" }));
+            }
+        }
+    }
+
+    fn refuse_connection(&mut self) {
+        match self.protocol {
+            Protocol::TransportWs => self.close_with(4403, "Forbidden"),
+            Protocol::Legacy => {
+                self.text(json!({ "type": "connection_error", "payload": {
+                    "message": "Unauthorized: a valid x-api-key is required" } }));
+                self.close_with(4403, "Forbidden");
+            }
+            Protocol::AppSync => {
+                self.text(
+                    json!({ "type": "connection_error", "payload": { "errors": [{
+                    "errorType": "UnauthorizedException",
+                    "message": "You are not authorized to make this call.",
+                    "errorCode": 401 }] } }),
+                );
+                self.close_with(4401, "Unauthorized");
+            }
+        }
+    }
+
+    /// An error for one subscription id, in the protocol's shape.
+    fn fail(&mut self, id: &str, errors: Vec<Value>) {
+        let payload = match self.protocol {
+            Protocol::TransportWs => Value::Array(errors),
+            Protocol::Legacy => errors.into_iter().next().unwrap_or(Value::Null),
+            Protocol::AppSync => {
+                let shaped = appsync_shape(json!({ "errors": errors }));
+                json!({ "errors": shaped["errors"] })
+            }
+        };
+        self.text(json!({ "type": "error", "id": id, "payload": payload }));
+    }
+
+    fn start(&mut self, id: Option<String>, payload: Value) {
+        let Some(id) = id else {
+            return self.invalid("`subscribe`/`start` needs an `id`");
+        };
+        // AppSync needs no `connection_init` when the handshake carried the authorization.
+        if self.principal.is_none() && self.protocol == Protocol::AppSync {
+            self.principal = self.handshake.clone();
+        }
+        let Some(connection_principal) = self.principal.clone() else {
+            return match self.protocol {
+                Protocol::TransportWs => self.close_with(4401, "Unauthorized"),
+                _ => self.refuse_connection(),
             };
-            future::ready(pass.then_some(msg))
-        })
-    };
-    // Engine → client: forget ids the server completed.
-    let outgoing = {
-        let active = active.clone();
-        out_tx.clone().with(move |mut msg: Message| {
-            // async-graphql closes a refused connection_init with 1002; graphql-transport-ws
-            // says 4403 Forbidden.
-            if let Message::Close(Some(frame)) = &mut msg
-                && frame.code == 1002
-                && frame.reason.starts_with("Unauthorized")
-            {
-                frame.code = 4403;
-                frame.reason = "Forbidden".into();
+        };
+        if self.subs.contains_key(id.as_str()) || self.pending_ids.contains_key(id.as_str()) {
+            return match self.protocol {
+                Protocol::TransportWs => {
+                    self.close_with(4409, format!("Subscriber for {id} already exists"))
+                }
+                _ => self.fail(
+                    &id,
+                    vec![error(
+                        "DuplicatedOperationError",
+                        "a subscription with this id is already running on this connection",
+                    )],
+                ),
+            };
+        }
+        let cap = self.app.limits.max_subscriptions_per_connection;
+        if self.subs.len() + self.pending_ids.len() >= cap {
+            let message = format!("at most {cap} subscriptions per connection");
+            return self.fail(&id, vec![error("MaxSubscriptionsReachedError", &message)]);
+        }
+        // AppSync: `payload.data` is the request as a JSON string and each start carries its
+        // own authorization. The others (and tolerant AppSync clients): `payload` is the request.
+        let request = match payload.get("data").and_then(Value::as_str) {
+            Some(data) => serde_json::from_str::<Request>(data),
+            None => serde_json::from_value::<Request>(payload.clone()),
+        };
+        let request = match request {
+            Ok(r) => r,
+            Err(e) => {
+                let message = format!("the payload is not a GraphQL request: {e}");
+                let kind = match self.protocol {
+                    Protocol::AppSync => "UnsupportedOperation",
+                    _ => "BadRequestException",
+                };
+                return self.fail(&id, vec![error(kind, &message)]);
             }
-            if let Message::Text(text) = &msg {
-                let t = text.as_str();
-                if (t.starts_with("{\"type\":\"complete\"") || t.starts_with("{\"type\":\"error\""))
-                    && let Ok(frame) = serde_json::from_str::<Frame>(t)
-                    && let Some(id) = frame.id
-                {
-                    lock(&active).ids.remove(&id);
+        };
+        let principal = match payload.pointer("/extensions/authorization") {
+            Some(object) if self.protocol == Protocol::AppSync => {
+                match self.app.auth.from_header_object(object) {
+                    Some(p) => p,
+                    None => {
+                        return self.fail(
+                            &id,
+                            vec![error(
+                                "UnauthorizedException",
+                                "You are not authorized to make this call.",
+                            )],
+                        );
+                    }
                 }
             }
-            future::ready(Ok::<_, mpsc::SendError>(msg))
-        })
-    };
-
-    let auth = app.auth.clone();
-    let engine = GraphQLWebSocket::new_with_pair(outgoing, incoming, app.schema.clone(), protocol)
-        .on_connection_init(move |payload| async move {
-            let principal = header_principal.or_else(|| auth.from_init_payload(&payload));
-            match principal {
-                Some(p) => {
-                    let mut data = Data::default();
-                    data.insert(p);
-                    Ok(data)
+            _ => connection_principal,
+        };
+        self.generation += 1;
+        let generation = self.generation;
+        let id: Box<str> = id.into();
+        self.pending_ids.insert(id.clone(), generation);
+        let live = self.app.live.clone();
+        let appsync = self.protocol == Protocol::AppSync;
+        self.pending.push(Box::pin(async move {
+            let outcome = match live.prepare(request.data(principal)).await {
+                Ok(Prepared::Live(l)) => Outcome::Live(l),
+                Ok(Prepared::Operation(_)) if appsync => Outcome::Failed(vec![error(
+                    "UnsupportedOperation",
+                    "queries and mutations are not supported through the realtime channel; send them over HTTP",
+                )]),
+                Ok(Prepared::Operation(request)) => {
+                    let response = live.schema().execute(*request).await;
+                    Outcome::Response(serde_json::to_value(&response).unwrap_or(Value::Null))
                 }
-                None => Err(async_graphql::Error::new(
-                    "Unauthorized: a valid x-api-key is required",
-                )),
+                Err(errors) => Outcome::Failed(errors.into_iter().map(server_error).collect()),
+            };
+            Started {
+                id,
+                generation,
+                outcome,
             }
-        })
-        .serve();
-
-    let writer = async {
-        while let Some(msg) = out_rx.next().await {
-            if socket_tx.send(msg).await.is_err() {
-                break;
-            }
-        }
-    };
-
-    let init_timeout = {
-        let active = active.clone();
-        let after = Duration::from_millis(app.limits.connection_init_timeout_ms);
-        async move {
-            tokio::time::sleep(after).await;
-            if !lock(&active).initialised {
-                return;
-            }
-            future::pending::<()>().await
-        }
-    };
-
-    let close = |code: u16, reason: &'static str| {
-        Message::Close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        }))
-    };
-    tokio::select! {
-        _ = engine => {}
-        _ = init_timeout => { let _ = out_tx.send(close(4408, "Connection initialisation timeout")).await; }
-        _ = app.shutdown.cancelled() => { let _ = out_tx.send(close(1001, "server shutting down")).await; }
-        _ = writer => return,
+        }));
     }
-    drop(out_tx);
-    // Flush what is queued (a close frame, the last data) before the socket goes.
-    tokio::time::timeout(Duration::from_secs(1), async {
-        while let Some(msg) = out_rx.next().await {
-            if socket_tx.send(msg).await.is_err() {
-                break;
+
+    fn on_started(&mut self, started: Started) {
+        if self.pending_ids.get(&started.id) != Some(&started.generation) {
+            return; // stopped while it was being prepared
+        }
+        self.pending_ids.remove(&started.id);
+        let id = started.id;
+        match started.outcome {
+            Outcome::Live(live) => {
+                if self.protocol == Protocol::AppSync {
+                    self.text(json!({ "type": "start_ack", "id": id }));
+                }
+                self.subs.insert(id, live);
+            }
+            Outcome::Response(response) => {
+                self.item(&id, response);
+                self.text(json!({ "type": "complete", "id": id }));
+            }
+            Outcome::Failed(errors) => self.fail(&id, errors),
+        }
+    }
+
+    /// One GraphQL response for subscription `id`.
+    fn item(&mut self, id: &str, payload: Value) {
+        let kind = match self.protocol {
+            Protocol::TransportWs => "next",
+            _ => "data",
+        };
+        let payload = match self.protocol {
+            Protocol::AppSync => appsync_shape(payload),
+            _ => payload,
+        };
+        self.text(json!({ "type": kind, "id": id, "payload": payload }));
+    }
+
+    fn on_delivery(&mut self, id: &str, delivery: Delivery) {
+        match delivery {
+            Delivery::Item(payload) => self.item(id, payload),
+            Delivery::Overflow(payload) => {
+                self.subs.remove(id);
+                match self.protocol {
+                    Protocol::AppSync => {
+                        let errors = payload["errors"].as_array().cloned().unwrap_or_default();
+                        self.fail(id, errors);
+                    }
+                    _ => {
+                        self.item(id, payload);
+                        self.text(json!({ "type": "complete", "id": id }));
+                    }
+                }
             }
         }
-    })
-    .await
-    .ok();
+    }
+
+    fn stop(&mut self, id: &str) {
+        let known = self.subs.remove(id).is_some() || self.pending_ids.remove(id).is_some();
+        // graphql-transport-ws: the client's `complete` needs no answer.
+        if self.protocol != Protocol::TransportWs && known {
+            self.text(json!({ "type": "complete", "id": id }));
+        }
+    }
 }
 
-fn lock(active: &Mutex<Active>) -> std::sync::MutexGuard<'_, Active> {
-    active.lock().unwrap_or_else(|p| p.into_inner())
+fn error(error_type: &str, message: &str) -> Value {
+    json!({ "message": message, "extensions": { "errorType": error_type } })
 }
 
-/// Bookkeeping for one client frame; false drops it (after answering with an error).
-fn admit(
-    active: &Mutex<Active>,
-    out: &mut mpsc::Sender<Message>,
-    text: &str,
-    cap: usize,
-    legacy: bool,
-) -> bool {
-    let Ok(frame) = serde_json::from_str::<Frame>(text) else {
-        return true;
-    };
-    let mut active = lock(active);
-    match (frame.kind.as_str(), frame.id) {
-        ("connection_init", _) => active.initialised = true,
-        ("subscribe" | "start", Some(id)) => {
-            if !active.ids.contains(&id) && active.ids.len() >= cap {
-                let message = format!("at most {cap} subscriptions per connection");
-                let error = json!({ "message": message, "extensions": { "errorType": "MaxSubscriptionsReachedError" } });
-                let payload = if legacy { error } else { json!([error]) };
-                let frame = json!({ "type": "error", "id": id, "payload": payload });
-                let _ = out.try_send(Message::Text(frame.to_string().into()));
-                return false;
-            }
-            active.ids.insert(id);
+fn server_error(e: ServerError) -> Value {
+    serde_json::to_value(&e).unwrap_or_else(|_| json!({ "message": e.message }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_objects_decode_from_every_base64_spelling() {
+        let object = json!({ "host": "127.0.0.1:4000", "x-api-key": "k+/?" });
+        let text = object.to_string();
+        let engines = [
+            base64::engine::general_purpose::STANDARD.encode(&text),
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&text),
+            base64::engine::general_purpose::STANDARD
+                .encode(&text)
+                .replace('+', " "),
+        ];
+        for encoded in engines {
+            assert_eq!(
+                decode_header_object(&encoded),
+                Some(object.clone()),
+                "{encoded}"
+            );
         }
-        ("complete" | "stop", Some(id)) => {
-            active.ids.remove(&id);
-        }
-        _ => {}
+        assert_eq!(decode_header_object("not base64!"), None);
+        let plain = base64::engine::general_purpose::STANDARD.encode("[1]");
+        assert_eq!(decode_header_object(&plain), None, "not an object");
     }
-    true
+
+    #[test]
+    fn query_parameters_are_percent_decoded() {
+        assert_eq!(
+            query_param("a=1&header=ab%3D%3D&payload=e30=", "header").as_deref(),
+            Some("ab==")
+        );
+        assert_eq!(
+            query_param("header=a+b%", "header").as_deref(),
+            Some("a+b%")
+        );
+        assert_eq!(query_param("x=1", "header"), None);
+    }
 }

@@ -10,6 +10,7 @@
 
 mod build;
 pub mod errors;
+pub mod live;
 mod resolvers;
 pub mod scalars;
 mod values;
@@ -23,6 +24,7 @@ use async_graphql::parser::types::{
 use thiserror::Error;
 
 pub use build::{Limits, Services, build};
+pub use live::LiveSchema;
 
 /// The AppSync prelude: the scalars and directives AppSync defines itself.
 pub const PRELUDE: &str = include_str!("prelude.graphql");

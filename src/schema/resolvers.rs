@@ -9,17 +9,17 @@ use async_graphql::dynamic::{
     Field, FieldFuture, FieldValue, ResolverContext, SubscriptionField, SubscriptionFieldFuture,
 };
 use async_graphql::{Error, ErrorExtensions};
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use super::build::{Services, type_ref};
 use super::errors::{self, kind};
+use super::live::{Slot, Target};
 use super::values::{input_to_json, plain_json, project, to_gql};
 use super::{SchemaDoc, SchemaError};
 use crate::domain::{
     Accepted, DeadLetter, Principal, TraceEvent, TraceId, TraceRecord, aws_datetime,
 };
-use crate::hub::{TRACE_EVENT_MUTATION, TooSlow};
+use crate::hub::TRACE_EVENT_MUTATION;
 use crate::pipeline::command_api::AcceptError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -320,11 +320,12 @@ pub fn mutation(f: &FieldDef) -> Result<Field, SchemaError> {
 
 // --- Subscription --------------------------------------------------------------------------
 
-/// A subscription fed by the hub. `onTraceEvent` also checks that the caller may read the
-/// trace before it subscribes.
 /// Owner lookups a subscription field runs at once (see `subscription`).
 const OWNER_LOOKUPS: usize = 16;
 
+/// A subscription fed by the hub. The resolver only checks and says what to subscribe to
+/// (`onTraceEvent` checks that the caller may read the trace); the connection then subscribes
+/// to the hub and projects what it brings (see `schema::live`).
 pub fn subscription(doc: &SchemaDoc, f: &FieldDef) -> Result<SubscriptionField, SchemaError> {
     let name = f.name.node.to_string();
     let routed = doc.routes().values().any(|fields| fields.contains(&name));
@@ -352,15 +353,6 @@ pub fn subscription(doc: &SchemaDoc, f: &FieldDef) -> Result<SubscriptionField, 
             "Subscription.onTraceEvent must be @aws_subscribe(mutations: [\"{TRACE_EVENT_MUTATION}\"])"
         )));
     }
-    // async-graphql drops field errors inside subscription items, so a non-null field the
-    // publisher did not select is caught here, as AppSync reports it: an error, not a hole.
-    // What every open subscription keeps is shared (Arc) or small: thousands stay open.
-    let return_type: Arc<str> = super::base_name(&f.ty.node).as_str().into();
-    let non_null: Arc<[String]> = doc
-        .object_fields(&return_type)
-        .filter(|field| !field.ty.node.nullable)
-        .map(|field| field.name.node.to_string())
-        .collect();
     let name: Arc<str> = name.into();
     // Owner lookups in flight at once: a burst of thousands of new subscriptions waits here
     // cheaply instead of each holding a database query's state (and the memory it leaves).
@@ -370,12 +362,13 @@ pub fn subscription(doc: &SchemaDoc, f: &FieldDef) -> Result<SubscriptionField, 
         type_ref(&f.ty.node),
         move |ctx| {
             let name = name.clone();
-            let non_null = non_null.clone();
-            let return_type = return_type.clone();
             let lookups = lookups.clone();
             SubscriptionFieldFuture::new(async move {
                 let s = services(&ctx)?;
                 let who = principal(&ctx)?;
+                let Some(slot) = ctx.data_opt::<Arc<Slot>>() else {
+                    return Err(Error::new("subscriptions are served over WebSocket"));
+                };
                 let mut filters: Vec<(String, Value)> = ctx
                     .args
                     .iter()
@@ -395,33 +388,14 @@ pub fn subscription(doc: &SchemaDoc, f: &FieldDef) -> Result<SubscriptionField, 
                         }
                     }
                 }
-                // Selected non-null fields, as indices into `non_null`.
-                let required: Box<[u16]> = ctx
-                    .field()
-                    .selection_set()
-                    .filter_map(|f| non_null.iter().position(|n| n == f.name()))
-                    .map(|i| i as u16)
-                    .collect();
-                let stream = s.hub.subscribe(&name, filters);
-                Ok(stream.map(move |item| match item {
-                    Ok(payload) => {
-                        let missing = required
-                            .iter()
-                            .map(|&i| non_null[i as usize].as_str())
-                            .find(|f| payload.get(*f).is_none_or(Value::is_null));
-                        match missing {
-                            Some(field) => Err(Error::new(format!(
-                                "Cannot return null for non-nullable type: '{field}' within parent \
-                                 '{return_type}' (the publishing mutation did not select it)"
-                            ))),
-                            None => Ok(FieldValue::value(to_gql(Value::clone(&payload)))),
-                        }
-                    }
-                    Err(TooSlow) => Err(errors::error(
-                        kind::SUBSCRIPTION_OVERFLOW,
-                        "the subscriber fell too far behind and was dropped; query traceEvents to catch up",
-                    )),
-                }))
+                // The connection subscribes to the hub itself (schema::live).
+                slot.fill(Target {
+                    field: name,
+                    filters,
+                });
+                Ok(futures_util::stream::empty::<
+                    Result<FieldValue<'static>, Error>,
+                >())
             })
         },
     ))
