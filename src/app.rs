@@ -27,6 +27,8 @@ use crate::store::{PgStore, SqliteStore};
 pub struct Application {
     /// `None` for a worker, which serves no HTTP.
     listener: Option<TcpListener>,
+    /// HTTPS and `wss://` when set.
+    tls: Option<Arc<rustls::ServerConfig>>,
     router: axum::Router,
     /// Cancelled to shut down: the HTTP server drains, the executor stops claiming.
     shutdown: CancellationToken,
@@ -157,6 +159,16 @@ impl Application {
             }),
             shutdown: shutdown.clone(),
         });
+        let tls = match (&config.tls_cert, &config.tls_key, config.tls_self_signed) {
+            (Some(cert), Some(key), _) => {
+                Some(api::tls::server_config(api::tls::Certificate::Files {
+                    cert,
+                    key,
+                })?)
+            }
+            (_, _, true) => Some(api::tls::server_config(api::tls::Certificate::SelfSigned)?),
+            _ => None,
+        };
         let listener = if config.role.serves_api() {
             Some(
                 TcpListener::bind(config.addr)
@@ -168,6 +180,7 @@ impl Application {
         };
         Ok(Self {
             listener,
+            tls,
             router,
             shutdown,
             tasks,
@@ -187,6 +200,11 @@ impl Application {
                 .local_addr()
                 .expect("a bound listener has an address"),
         )
+    }
+
+    /// `https` when the API serves TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
     }
 
     /// Cancel it to shut the application down gracefully.
@@ -210,8 +228,13 @@ impl Application {
     /// flight (up to the grace period; what is left is taken back by lease expiry later).
     pub async fn run(self) -> anyhow::Result<()> {
         let shutdown = self.shutdown.clone();
-        match self.listener {
-            Some(listener) => {
+        match (self.listener, self.tls) {
+            (Some(listener), Some(tls)) => {
+                axum::serve(api::tls::TlsListener::new(listener, tls)?, self.router)
+                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                    .await?;
+            }
+            (Some(listener), None) => {
                 // Trace events go out back to back; without TCP_NODELAY the later frames wait
                 // ~40 ms for the client's delayed ACK.
                 let listener = listener.tap_io(|tcp| {
@@ -221,7 +244,7 @@ impl Application {
                     .with_graceful_shutdown(async move { shutdown.cancelled().await })
                     .await?;
             }
-            None => shutdown.cancelled().await,
+            (None, _) => shutdown.cancelled().await,
         }
         self.shutdown.cancel();
         self.attempts.close();

@@ -93,6 +93,17 @@ pub struct Config {
     #[arg(long, env = "TETHER_ADDR", default_value = "127.0.0.1:4000")]
     pub addr: SocketAddr,
 
+    /// Serve HTTPS and `wss://` with this PEM certificate chain (with `--tls-key`).
+    #[arg(long, env = "TETHER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of `--tls-cert`.
+    #[arg(long, env = "TETHER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve HTTPS with a certificate generated at start for localhost (development: Amplify
+    /// JS v6 always dials `wss://`). Clients must be told to accept it.
+    #[arg(long, env = "TETHER_TLS_SELF_SIGNED", conflicts_with = "tls_cert")]
+    pub tls_self_signed: bool,
+
     /// Where tether keeps its state. The default is a SQLite file in the working directory.
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://tether.db")]
     pub database_url: String,

@@ -36,15 +36,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         return run_until_signal(app).await;
     };
     tracing::info!(%addr, "tether listening");
+    let scheme = app.scheme();
     if let Some(key) = app.generated_key() {
         println!(
-            "\ntether is ready on http://{addr}/graphql (GraphiQL: open it in a browser)\n\
+            "\ntether is ready on {scheme}://{addr}/graphql (GraphiQL: open it in a browser)\n\
              API key (generated for this database): {key}\n\n\
-             Try:\n  curl -s http://{addr}/graphql -H 'content-type: application/json' -H 'x-api-key: {key}' \\\n    \
+             Try:\n  curl -sk {scheme}://{addr}/graphql -H 'content-type: application/json' -H 'x-api-key: {key}' \\\n    \
              -d '{{\"query\":\"mutation {{ createOrder(input: {{customerId: \\\"c-1\\\", items: [{{sku: \\\"tea\\\", quantity: 2, unitPriceCents: 450}}]}}) {{ traceId status acceptedAt }} }}\"}}'\n"
         );
     } else {
-        println!("tether is ready on http://{addr}/graphql");
+        println!("tether is ready on {scheme}://{addr}/graphql");
     }
     run_until_signal(app).await
 }

@@ -8,6 +8,7 @@
 
 mod auth;
 mod http;
+pub mod tls;
 mod ws;
 
 use std::sync::Arc;
