@@ -54,7 +54,14 @@ pub struct LiveSchema {
     schema: Schema,
     doc: Arc<SchemaDoc>,
     hub: Arc<Hub>,
+    /// Subscriptions being prepared at once. A burst of thousands of new subscriptions waits
+    /// here cheaply instead of each holding a parsed document, async-graphql's execution state
+    /// and an owner lookup at the same time (memory that stays fragmented afterwards).
+    preparing: Arc<tokio::sync::Semaphore>,
 }
+
+/// See [`LiveSchema::preparing`].
+const PREPARING: usize = 16;
 
 /// What a `subscribe`/`start` turned out to be.
 pub enum Prepared {
@@ -66,7 +73,12 @@ pub enum Prepared {
 
 impl LiveSchema {
     pub fn new(schema: Schema, doc: Arc<SchemaDoc>, hub: Arc<Hub>) -> Self {
-        Self { schema, doc, hub }
+        Self {
+            schema,
+            doc,
+            hub,
+            preparing: Arc::new(tokio::sync::Semaphore::new(PREPARING)),
+        }
     }
 
     pub fn schema(&self) -> &Schema {
@@ -77,6 +89,7 @@ impl LiveSchema {
     /// as data) and registers it with the hub. Errors are what async-graphql or the resolver
     /// said, ready for the client.
     pub async fn prepare(&self, request: Request) -> Result<Prepared, Vec<ServerError>> {
+        let _permit = self.preparing.acquire().await;
         let document = match async_graphql::parser::parse_query(&request.query) {
             Ok(d) => d,
             Err(e) => return Err(vec![ServerError::from(e)]),

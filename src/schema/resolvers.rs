@@ -320,9 +320,6 @@ pub fn mutation(f: &FieldDef) -> Result<Field, SchemaError> {
 
 // --- Subscription --------------------------------------------------------------------------
 
-/// Owner lookups a subscription field runs at once (see `subscription`).
-const OWNER_LOOKUPS: usize = 16;
-
 /// A subscription fed by the hub. The resolver only checks and says what to subscribe to
 /// (`onTraceEvent` checks that the caller may read the trace); the connection then subscribes
 /// to the hub and projects what it brings (see `schema::live`).
@@ -354,15 +351,11 @@ pub fn subscription(doc: &SchemaDoc, f: &FieldDef) -> Result<SubscriptionField, 
         )));
     }
     let name: Arc<str> = name.into();
-    // Owner lookups in flight at once: a burst of thousands of new subscriptions waits here
-    // cheaply instead of each holding a database query's state (and the memory it leaves).
-    let lookups = Arc::new(tokio::sync::Semaphore::new(OWNER_LOOKUPS));
     Ok(SubscriptionField::new(
         f.name.node.as_str(),
         type_ref(&f.ty.node),
         move |ctx| {
             let name = name.clone();
-            let lookups = lookups.clone();
             SubscriptionFieldFuture::new(async move {
                 let s = services(&ctx)?;
                 let who = principal(&ctx)?;
@@ -376,7 +369,6 @@ pub fn subscription(doc: &SchemaDoc, f: &FieldDef) -> Result<SubscriptionField, 
                     .collect();
                 if owned {
                     let id = arg_str(&ctx, "traceId").unwrap_or("");
-                    let _permit = lookups.acquire().await.map_err(|e| errors::internal(&e))?;
                     let Some(trace) = readable_trace(s, who, id).await? else {
                         return Err(errors::not_found(id));
                     };
