@@ -14,12 +14,19 @@ use serde_json::{Value, json};
 use super::ApiState;
 use crate::schema::errors::kind;
 
-/// An error response in AppSync's shape.
-fn reject(status: StatusCode, error_type: &str, message: &str) -> Response {
+/// An error response in AppSync's shape. The `x-amzn-ErrorType` header is where AWS clients
+/// (Amplify's error parser) look for the error's name.
+fn reject(status: StatusCode, error_type: &'static str, message: &str) -> Response {
     let body = json!({ "errors": [{ "errorType": error_type, "message": message }] });
     (
         status,
-        [(header::CONTENT_TYPE, "application/json")],
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (
+                header::HeaderName::from_static("x-amzn-errortype"),
+                error_type,
+            ),
+        ],
         body.to_string(),
     )
         .into_response()
