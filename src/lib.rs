@@ -26,6 +26,9 @@
 //!    `onTraceEvent` subscribers with AppSync's `@aws_subscribe` semantics. On PostgreSQL the
 //!    API and the workers may be separate processes: commits `NOTIFY` their events' keys and
 //!    each API replica reads the rows its subscribers follow (`store::postgres`, its feed).
+//!    Subscribers are WebSocket clients of [`api`] (`graphql-transport-ws`, the legacy
+//!    protocol, or AppSync's real-time protocol at `/graphql/realtime`); async-graphql checks
+//!    each subscription once and [`schema::live`] then shapes every hub event for it.
 //!
 //! [`domain`] holds the pure types, [`ports`] the seams (Store, Publisher, Invokable), and
 //! [`app`] wires it all together; [`config`] is the one typed configuration.
