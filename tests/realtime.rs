@@ -221,6 +221,8 @@ async fn start_errors_have_appsync_error_types_and_leak_nothing() {
     let app = TestApp::spawn_with(|c| c.max_subscriptions_per_connection = 2).await;
     let alices = app.create_order(ALICE, order("c-1")).await;
     let bobs = app.create_order(BOB, order("c-2")).await;
+    // Both traces are complete (their last event is the emitter's): nothing live interleaves.
+    app.wait_published(2).await;
     let mut rt = Rt::ready(app.addr, ALICE).await;
 
     let error_of = |frame: &Value, id: &str| {
@@ -329,5 +331,65 @@ async fn graphql_transport_ws_runs_queries_and_mutations_too() {
     );
     let trace = app.trace(ALICE, &trace_id).await;
     assert_eq!(trace["commandType"], "createOrder");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn each_start_is_authorised_by_its_own_header_object_and_stops_free_their_slot() {
+    let app = TestApp::spawn_with(|c| c.max_subscriptions_per_connection = 1).await;
+    let alices = app.create_order(ALICE, order("c-1")).await;
+    let bobs = app.create_order(BOB, order("c-2")).await;
+    // Both traces are complete (their last event is the emitter's): nothing live interleaves.
+    app.wait_published(2).await;
+    // Alice's connection; a start that carries Bob's key acts as Bob.
+    let mut rt = Rt::ready(app.addr, ALICE).await;
+    rt.start(app.addr, "as-bob", BOB, on_trace(&alices)).await;
+    let refused = rt.next().await;
+    assert_eq!(
+        (
+            refused["type"].as_str(),
+            refused["payload"]["errors"][0]["errorType"].as_str()
+        ),
+        (Some("error"), Some("NotFound")),
+        "{refused}"
+    );
+    rt.start(app.addr, "bobs", BOB, on_trace(&bobs)).await;
+    assert_eq!(
+        rt.next().await,
+        json!({ "type": "start_ack", "id": "bobs" })
+    );
+    rt.send(json!({ "type": "stop", "id": "bobs" })).await;
+    assert_eq!(rt.next().await, json!({ "type": "complete", "id": "bobs" }));
+    // A start stopped at once, whether still being prepared or already live, gives its slot
+    // back (the cap is 1).
+    for round in 0..20 {
+        let id = format!("quick-{round}");
+        rt.start(app.addr, &id, ALICE, on_trace(&alices)).await;
+        rt.send(json!({ "type": "stop", "id": id })).await;
+        loop {
+            let frame = rt.next().await;
+            if frame["type"] == "complete" {
+                assert_eq!(frame["id"], id.as_str());
+                break;
+            }
+            // Acknowledged (and events of the trace's tail) before the stop was read.
+            assert_eq!(frame["id"], id.as_str(), "{frame}");
+            assert!(frame["type"] == "start_ack" || frame["type"] == "data", "{frame}");
+        }
+    }
+    rt.start(app.addr, "last", ALICE, on_trace(&alices)).await;
+    assert_eq!(
+        rt.next().await,
+        json!({ "type": "start_ack", "id": "last" })
+    );
+    app.wait_subscribers(1).await;
+    // Two root fields in one subscription are refused.
+    let two = json!({ "query": "subscription($a: ID!, $b: ID!) { a: onTraceEvent(traceId: $a) { seq } b: onTraceEvent(traceId: $b) { seq } }",
+                      "variables": { "a": alices, "b": alices } });
+    let mut other = Rt::ready(app.addr, ALICE).await;
+    other.start(app.addr, "two", ALICE, two).await;
+    let frame = other.next().await;
+    assert_eq!(frame["type"], "error", "{frame}");
+    app.wait_subscribers(1).await;
     app.stop().await;
 }

@@ -21,9 +21,12 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 /// A TLS handshake must finish within this.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Finished handshakes waiting for the server to take them.
 const READY: usize = 128;
+/// Handshakes in progress at once; more connections wait in the kernel's accept queue, so a
+/// flood of silent connections cannot use up tasks and file descriptors.
+const HANDSHAKES: usize = 512;
 
 /// Where the server's certificate comes from.
 pub enum Certificate<'a> {
@@ -80,8 +83,12 @@ impl TlsListener {
         let local = tcp.local_addr()?;
         let (tx, ready) = mpsc::channel(READY);
         let tls = TlsAcceptor::from(config);
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES));
         let acceptor = tokio::spawn(async move {
             loop {
+                let Ok(permit) = handshakes.clone().acquire_owned().await else {
+                    return;
+                };
                 let (stream, peer) = match tcp.accept().await {
                     Ok(accepted) => accepted,
                     Err(e) => {
@@ -96,7 +103,10 @@ impl TlsListener {
                 let _ = stream.set_nodelay(true);
                 let (tls, tx) = (tls.clone(), tx.clone());
                 tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+                    let handshake =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await;
+                    drop(permit);
+                    match handshake {
                         Ok(Ok(stream)) => {
                             let _ = tx.send((stream, peer)).await;
                         }

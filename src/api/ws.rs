@@ -26,10 +26,10 @@ use axum::http::request::Parts;
 use axum::response::Response;
 use base64::Engine;
 use futures_util::StreamExt;
-use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::{Instant, Sleep};
 use tokio_stream::StreamMap;
 
@@ -169,9 +169,10 @@ struct Conn {
     principal: Option<Principal>,
     subs: StreamMap<Box<str>, Live>,
     /// Subscriptions being prepared, by id; the generation tells a `stop`ped one from a new
-    /// one with the same id.
-    pending_ids: HashMap<Box<str>, u64>,
-    pending: FuturesUnordered<BoxFuture<'static, Started>>,
+    /// one with the same id. Each preparation is its own task (it holds a server-wide permit,
+    /// so it must progress whatever this connection does) and is aborted by a `stop`.
+    pending_ids: HashMap<Box<str>, (u64, AbortHandle)>,
+    pending: FuturesUnordered<JoinHandle<Started>>,
     generation: u64,
     /// Frames to send, in order, before the next read.
     out: Vec<Message>,
@@ -224,7 +225,11 @@ async fn serve(
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
             },
-            Some(started) = conn.pending.next(), if !conn.pending.is_empty() => conn.on_started(started),
+            Some(started) = conn.pending.next(), if !conn.pending.is_empty() => {
+                if let Ok(started) = started {
+                    conn.on_started(started);
+                }
+            }
             Some((id, delivery)) = conn.subs.next(), if !conn.subs.is_empty() => conn.on_delivery(&id, delivery),
             _ = &mut next_ka, if sends_ka && was_initialised => {
                 next_ka.as_mut().reset(Instant::now() + keepalive);
@@ -260,7 +265,17 @@ impl Conn {
     }
 
     fn close_with(&mut self, code: u16, reason: impl Into<String>) {
-        self.close = Some((code, reason.into()));
+        // A close frame's reason holds at most 123 bytes; ids and types come from the client.
+        let mut reason = reason.into();
+        if reason.len() > 123 {
+            let mut end = 120;
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason.truncate(end);
+            reason.push('…');
+        }
+        self.close = Some((code, reason));
     }
 
     /// A frame the protocol does not allow.
@@ -435,32 +450,37 @@ impl Conn {
         self.generation += 1;
         let generation = self.generation;
         let id: Box<str> = id.into();
-        self.pending_ids.insert(id.clone(), generation);
         let live = self.app.live.clone();
         let appsync = self.protocol == Protocol::AppSync;
-        self.pending.push(Box::pin(async move {
-            let outcome = match live.prepare(request.data(principal)).await {
-                Ok(Prepared::Live(l)) => Outcome::Live(l),
-                Ok(Prepared::Operation(_)) if appsync => Outcome::Failed(vec![error(
-                    "UnsupportedOperation",
-                    "queries and mutations are not supported through the realtime channel; send them over HTTP",
-                )]),
-                Ok(Prepared::Operation(request)) => {
-                    let response = live.schema().execute(*request).await;
-                    Outcome::Response(serde_json::to_value(&response).unwrap_or(Value::Null))
+        let task = tokio::spawn({
+            let id = id.clone();
+            async move {
+                let outcome = match live.prepare(request.data(principal)).await {
+                    Ok(Prepared::Live(l)) => Outcome::Live(l),
+                    Ok(Prepared::Operation(_)) if appsync => Outcome::Failed(vec![error(
+                        "UnsupportedOperation",
+                        "queries and mutations are not supported through the realtime channel; send them over HTTP",
+                    )]),
+                    Ok(Prepared::Operation(request)) => {
+                        let response = live.schema().execute(*request).await;
+                        Outcome::Response(serde_json::to_value(&response).unwrap_or(Value::Null))
+                    }
+                    Err(errors) => Outcome::Failed(errors.into_iter().map(server_error).collect()),
+                };
+                Started {
+                    id,
+                    generation,
+                    outcome,
                 }
-                Err(errors) => Outcome::Failed(errors.into_iter().map(server_error).collect()),
-            };
-            Started {
-                id,
-                generation,
-                outcome,
             }
-        }));
+        });
+        self.pending_ids
+            .insert(id, (generation, task.abort_handle()));
+        self.pending.push(task);
     }
 
     fn on_started(&mut self, started: Started) {
-        if self.pending_ids.get(&started.id) != Some(&started.generation) {
+        if self.pending_ids.get(&started.id).map(|p| p.0) != Some(started.generation) {
             return; // stopped while it was being prepared
         }
         self.pending_ids.remove(&started.id);
@@ -513,7 +533,11 @@ impl Conn {
     }
 
     fn stop(&mut self, id: &str) {
-        let known = self.subs.remove(id).is_some() || self.pending_ids.remove(id).is_some();
+        let preparing = self.pending_ids.remove(id);
+        if let Some((_, task)) = &preparing {
+            task.abort();
+        }
+        let known = self.subs.remove(id).is_some() || preparing.is_some();
         // graphql-transport-ws: the client's `complete` needs no answer.
         if self.protocol != Protocol::TransportWs && known {
             self.text(json!({ "type": "complete", "id": id }));

@@ -16,8 +16,8 @@ use std::task::{Context, Poll};
 
 use async_graphql::dynamic::Schema;
 use async_graphql::parser::types::{
-    Directive, DocumentOperations, ExecutableDocument, FragmentDefinition, OperationType,
-    Selection, SelectionSet,
+    Directive, DocumentOperations, ExecutableDocument, FragmentDefinition, OperationDefinition,
+    OperationType, Selection, SelectionSet,
 };
 use async_graphql::{Name, Positioned, Request, ServerError, Value as GqlValue, Variables};
 use futures_util::{Stream, StreamExt};
@@ -94,11 +94,11 @@ impl LiveSchema {
             Ok(d) => d,
             Err(e) => return Err(vec![ServerError::from(e)]),
         };
-        let Some(selection) = subscription_selection(&document, request.operation_name.as_deref())
-        else {
+        let Some(operation) = subscription(&document, request.operation_name.as_deref()) else {
             return Ok(Prepared::Operation(Box::new(request)));
         };
-        let variables = request.variables.clone();
+        let selection = &operation.selection_set.node;
+        let variables = with_defaults(operation, &request.variables);
         let slot = Arc::new(Slot::default());
         let mut stream = self.schema.execute_stream(request.data(slot.clone()));
         let mut errors = Vec::new();
@@ -123,13 +123,18 @@ impl LiveSchema {
         };
         let mut roots = Vec::new();
         ctx.selection(root, selection, &mut roots);
+        let one = match (roots.len(), roots.pop()) {
+            (1, Some(node)) => Some(node),
+            _ => None,
+        };
         let Some(Node {
             key,
             source: Source::Field { sub, .. },
-        }) = roots.into_iter().next()
+        }) = one
+            .filter(|n| matches!(&n.source, Source::Field { name, .. } if **name == *target.field))
         else {
             return Err(vec![ServerError::new(
-                "a subscription selects exactly one field",
+                "a subscription selects exactly one root field",
                 None,
             )]);
         };
@@ -142,18 +147,32 @@ impl LiveSchema {
     }
 }
 
-/// The root selection set of the request's operation, if that operation is a subscription.
-fn subscription_selection<'d>(
+/// The variables `@skip`/`@include` read: the request's, plus the operation's defaults.
+fn with_defaults(operation: &OperationDefinition, given: &Variables) -> Variables {
+    let mut variables = given.clone();
+    for definition in &operation.variable_definitions {
+        let definition = &definition.node;
+        if let Some(default) = &definition.default_value
+            && !variables.contains_key(&definition.name.node)
+        {
+            variables.insert(definition.name.node.clone(), default.node.clone());
+        }
+    }
+    variables
+}
+
+/// The request's operation, if it is a subscription.
+fn subscription<'d>(
     document: &'d ExecutableDocument,
     name: Option<&str>,
-) -> Option<&'d SelectionSet> {
+) -> Option<&'d OperationDefinition> {
     let operation = match (&document.operations, name) {
         (DocumentOperations::Single(op), _) => op,
         (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name)?,
         (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next()?,
         _ => return None,
     };
-    (operation.node.ty == OperationType::Subscription).then_some(&operation.node.selection_set.node)
+    (operation.node.ty == OperationType::Subscription).then_some(&operation.node)
 }
 
 /// One open subscription: the hub's stream and how to shape what it brings.
@@ -377,8 +396,9 @@ mod tests {
     fn plan(query: &str, variables: Value) -> Plan {
         let doc = SchemaDoc::parse(super::super::DEFAULT_SDL).unwrap();
         let document = async_graphql::parser::parse_query(query).unwrap();
-        let selection = subscription_selection(&document, None).unwrap();
-        let variables = Variables::from_json(variables);
+        let operation = subscription(&document, None).unwrap();
+        let selection = &operation.selection_set.node;
+        let variables = with_defaults(operation, &Variables::from_json(variables));
         let ctx = Compile {
             doc: &doc,
             fragments: &document.fragments,
@@ -416,6 +436,20 @@ mod tests {
     }
 
     #[test]
+    fn directives_read_variable_defaults() {
+        let p = plan(
+            "subscription($t: ID!, $m: Boolean = true, $s: Boolean = true) {
+                onTraceEvent(traceId: $t) { seq message @include(if: $m) status @skip(if: $s) } }",
+            json!({ "t": "t" }),
+        );
+        let got = p.response(&serde_json::from_str(EVENT).unwrap());
+        assert_eq!(
+            got["data"]["onTraceEvent"],
+            json!({ "seq": 3, "message": null })
+        );
+    }
+
+    #[test]
     fn a_non_null_field_the_publisher_left_out_is_an_error_and_a_nullable_one_is_null() {
         let p = plan(
             "subscription { onTraceEvent(traceId: \"t\") { seq message attempt } }",
@@ -443,13 +477,13 @@ mod tests {
     fn queries_and_mutations_are_not_subscriptions() {
         let doc = async_graphql::parser::parse_query("query { trace(traceId: \"x\") { state } }")
             .unwrap();
-        assert!(subscription_selection(&doc, None).is_none());
+        assert!(subscription(&doc, None).is_none());
         let doc = async_graphql::parser::parse_query(
             "query A { a: __typename } subscription B { onTraceEvent(traceId: \"x\") { seq } }",
         )
         .unwrap();
-        assert!(subscription_selection(&doc, Some("B")).is_some());
-        assert!(subscription_selection(&doc, Some("A")).is_none());
-        assert!(subscription_selection(&doc, None).is_none());
+        assert!(subscription(&doc, Some("B")).is_some());
+        assert!(subscription(&doc, Some("A")).is_none());
+        assert!(subscription(&doc, None).is_none());
     }
 }
