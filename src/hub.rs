@@ -5,7 +5,7 @@
 //! listed that mutation, and delivers it to each subscriber whose explicit arguments equal
 //! the payload's top-level fields (an explicit `null` argument matches only a null or missing
 //! field). The payload is already projected on the publisher's selection set; the subscriber's
-//! own selection is applied by the GraphQL layer when it resolves the item.
+//! own selection is applied by its connection (`schema::live`).
 //!
 //! The hub is injected (no global). Every subscriber has a bounded buffer: a subscriber that
 //! does not keep up is dropped and told so, instead of growing memory (G8). Subscribers that
