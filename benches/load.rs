@@ -282,11 +282,14 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .pool_max_idle_per_host(4)
-        .build()
-        .unwrap_or_default()
+    {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        reqwest::Client::builder()
+    }
+    .timeout(Duration::from_secs(10))
+    .pool_max_idle_per_host(4)
+    .build()
+    .unwrap_or_default()
 }
 
 fn order_input(customer: &str) -> Value {
@@ -538,9 +541,12 @@ async fn cold_starts(dir: &Path, runs: usize) -> ColdStart {
 
 async fn cold_start(dir: &Path, i: usize) -> anyhow::Result<(Duration, Option<u64>)> {
     let port = free_port()?;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(1))
-        .build()?;
+    let client = {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        reqwest::Client::builder()
+    }
+    .timeout(Duration::from_secs(1))
+    .build()?;
     let url = format!("http://127.0.0.1:{port}/health");
     let start = Instant::now();
     let (child, _ready) = spawn_tether(dir, &format!("cold-{i}"), &format!("127.0.0.1:{port}"))?;

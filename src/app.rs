@@ -13,15 +13,17 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::api::auth::jwt::{JwksSource, JwtProvider};
+use crate::api::auth::sigv4::SigV4;
 use crate::api::{self, ApiState, Authenticator, TransportLimits};
 use crate::bus::EventBus;
 use crate::config::{Config, Role};
-use crate::domain::Principal;
+use crate::domain::{AuthMode, Principal};
 use crate::hub::Hub;
 use crate::pipeline::command_api::CommandApi;
 use crate::pipeline::{ExecutorConfig, Pipeline, Registry, RetryPolicy, Stats};
 use crate::ports::Store;
-use crate::schema::{self, Limits, SchemaDoc, Services};
+use crate::schema::{self, AuthRules, Limits, SchemaDoc, Services};
 use crate::store::{PgStore, SqliteStore};
 
 pub struct Application {
@@ -69,29 +71,14 @@ impl Application {
         let wake = Arc::new(Notify::new());
         let store: Arc<dyn Store> = open_store(&config, hub.clone(), wake.clone()).await?;
 
-        let mut keys = Authenticator::parse_keys(config.api_keys.expose(), false, "key-");
-        keys.extend(Authenticator::parse_keys(
-            config.admin_api_keys.expose(),
-            true,
-            "admin-",
-        ));
-        let mut generated_key = None;
-        let auth = if config.open_access {
-            Authenticator::open()
-        } else {
-            if keys.is_empty() {
-                let key = store.embedded_api_key(&api::generate_key).await?;
-                keys.push((
-                    key.clone(),
-                    Principal {
-                        id: "embedded".into(),
-                        admin: true,
-                    },
-                ));
-                generated_key = Some(key);
+        let (auth, generated_key) = authenticator(&config, store.as_ref()).await?;
+        for provider in auth.providers() {
+            // A wrong JWKS file or URL shows up at start, not at the first sign-in.
+            if let Err(e) = provider.preload().await {
+                tracing::warn!(issuer = provider.issuer(), error = ?e, "could not read the JWKS yet");
             }
-            Authenticator::with_keys(keys)
-        };
+        }
+        let rules = Arc::new(AuthRules::new(&doc, auth.default_mode()));
 
         let commands = CommandApi::new(
             store.clone(),
@@ -110,6 +97,7 @@ impl Application {
                 max_complexity: config.max_complexity,
                 max_page: config.max_page,
             },
+            rules: rules.clone(),
         })?;
 
         let bus = EventBus::new(4096);
@@ -142,7 +130,7 @@ impl Application {
         }
 
         let router = api::router(ApiState {
-            live: schema::LiveSchema::new(schema.clone(), doc, hub.clone()),
+            live: schema::LiveSchema::new(schema.clone(), doc, hub.clone(), rules),
             schema,
             auth: Arc::new(auth),
             store: store.clone(),
@@ -282,4 +270,96 @@ async fn open_store(
     Ok(Arc::new(
         SqliteStore::open(url, hub, config.accept_queue).await?,
     ))
+}
+
+/// The authorization modes from the configuration. In embedded mode with `API_KEY` enabled
+/// and no key configured, a key is generated (kept in the database, printed at start).
+async fn authenticator(
+    config: &Config,
+    store: &dyn Store,
+) -> anyhow::Result<(Authenticator, Option<String>)> {
+    if config.open_access {
+        return Ok((Authenticator::open(), None));
+    }
+    let mut modes = Vec::new();
+    let names = std::iter::once(config.auth_default.as_str())
+        .chain(config.auth_additional.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty());
+    for name in names {
+        let mode = AuthMode::parse(name).with_context(|| {
+            format!(
+                "unknown authorization mode `{name}` (API_KEY, AWS_IAM, OPENID_CONNECT, \
+                 AMAZON_COGNITO_USER_POOLS)"
+            )
+        })?;
+        if !modes.contains(&mode) {
+            modes.push(mode);
+        }
+    }
+    anyhow::ensure!(!modes.is_empty(), "no authorization mode is enabled");
+
+    let mut keys = Authenticator::parse_keys(config.api_keys.expose(), false, "key-");
+    keys.extend(Authenticator::parse_keys(
+        config.admin_api_keys.expose(),
+        true,
+        "admin-",
+    ));
+    let mut generated_key = None;
+    if keys.is_empty() && modes.contains(&AuthMode::ApiKey) {
+        let key = store.embedded_api_key(&api::generate_key).await?;
+        keys.push((
+            key.clone(),
+            Principal {
+                id: "embedded".into(),
+                admin: true,
+            },
+        ));
+        generated_key = Some(key);
+    }
+    let iam = match config.iam_keys.expose().trim() {
+        "" => None,
+        spec => Some(SigV4::parse(spec, &config.iam_region).map_err(anyhow::Error::msg)?),
+    };
+    let list = |s: &str| -> Vec<String> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let admin_groups = list(&config.admin_groups);
+    let mut providers = Vec::new();
+    if let Some(issuer) = &config.oidc_issuer {
+        providers.push(JwtProvider::new(
+            AuthMode::Oidc,
+            issuer,
+            list(&config.oidc_client_id),
+            admin_groups.clone(),
+            JwksSource::parse(config.oidc_jwks.as_deref(), issuer),
+        ));
+    }
+    let cognito_issuer = config.cognito_issuer.clone().or_else(|| {
+        config.cognito_user_pool_id.as_ref().map(|pool| {
+            format!(
+                "https://cognito-idp.{}.amazonaws.com/{pool}",
+                config.cognito_region
+            )
+        })
+    });
+    if let Some(issuer) = cognito_issuer {
+        let jwks = config
+            .cognito_jwks
+            .clone()
+            .unwrap_or_else(|| format!("{issuer}/.well-known/jwks.json"));
+        providers.push(JwtProvider::new(
+            AuthMode::CognitoUserPools,
+            &issuer,
+            list(&config.cognito_client_id),
+            admin_groups,
+            JwksSource::parse(Some(&jwks), &issuer),
+        ));
+    }
+    let auth = Authenticator::new(modes, keys, iam, providers).map_err(anyhow::Error::msg)?;
+    Ok((auth, generated_key))
 }

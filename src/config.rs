@@ -140,6 +140,59 @@ pub struct Config {
     #[arg(long, env = "TETHER_OPEN_ACCESS")]
     pub open_access: bool,
 
+    /// The default authorization mode: `API_KEY`, `AWS_IAM`, `OPENID_CONNECT` or
+    /// `AMAZON_COGNITO_USER_POOLS`. Fields without `@aws_*` directives admit this mode only.
+    #[arg(long, env = "TETHER_AUTH_DEFAULT", default_value = "API_KEY")]
+    pub auth_default: String,
+    /// Additional authorization modes, comma-separated; the schema's `@aws_*` directives
+    /// say which fields they reach.
+    #[arg(long, env = "TETHER_AUTH_ADDITIONAL", default_value = "")]
+    pub auth_additional: String,
+
+    /// OPENID_CONNECT: the issuer (`iss`) tokens must carry.
+    #[arg(long, env = "TETHER_OIDC_ISSUER")]
+    pub oidc_issuer: Option<String>,
+    /// OPENID_CONNECT: accepted client ids (`aud` or `client_id`), comma-separated; empty
+    /// accepts any.
+    #[arg(long, env = "TETHER_OIDC_CLIENT_ID", default_value = "")]
+    pub oidc_client_id: String,
+    /// OPENID_CONNECT: the JWKS, a URL or a file; default: the issuer's OpenID discovery.
+    #[arg(long, env = "TETHER_OIDC_JWKS")]
+    pub oidc_jwks: Option<String>,
+
+    /// AMAZON_COGNITO_USER_POOLS: the user pool (`us-east-1_AbCdEf`); with the region it
+    /// gives the issuer `https://cognito-idp.<region>.amazonaws.com/<pool>`.
+    #[arg(long, env = "TETHER_COGNITO_USER_POOL_ID")]
+    pub cognito_user_pool_id: Option<String>,
+    #[arg(long, env = "TETHER_COGNITO_REGION", default_value = "us-east-1")]
+    pub cognito_region: String,
+    /// AMAZON_COGNITO_USER_POOLS: the issuer itself, instead of pool and region.
+    #[arg(long, env = "TETHER_COGNITO_ISSUER")]
+    pub cognito_issuer: Option<String>,
+    /// AMAZON_COGNITO_USER_POOLS: accepted app client ids, comma-separated; empty accepts any.
+    #[arg(long, env = "TETHER_COGNITO_CLIENT_ID", default_value = "")]
+    pub cognito_client_id: String,
+    /// AMAZON_COGNITO_USER_POOLS: the JWKS, a URL or a file; default
+    /// `<issuer>/.well-known/jwks.json`.
+    #[arg(long, env = "TETHER_COGNITO_JWKS")]
+    pub cognito_jwks: Option<String>,
+    /// Token groups (`cognito:groups`, or `groups`) whose members are admins.
+    #[arg(long, env = "TETHER_ADMIN_GROUPS", default_value = "")]
+    pub admin_groups: String,
+
+    /// AWS_IAM: keys that may sign requests, comma-separated, each
+    /// `principal:ACCESS_KEY_ID:SECRET`. IAM callers are admins (workers publishing events).
+    #[arg(
+        long,
+        env = "TETHER_IAM_KEYS",
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub iam_keys: Secret,
+    /// AWS_IAM: the region signatures must be scoped to.
+    #[arg(long, env = "TETHER_IAM_REGION", default_value = "us-east-1")]
+    pub iam_region: String,
+
     /// Honour the `faults` input of commands (tests and demos).
     #[arg(long, env = "TETHER_FAULT_INJECTION")]
     pub fault_injection: bool,

@@ -487,7 +487,7 @@ async fn replicas_and_workers_killed_with_sigkill_lose_nothing() {
         mut workers,
         replicas,
     } = Cluster::start(&db.url, &logs).await;
-    let http = reqwest::Client::new();
+    let http = common::http();
 
     let mut started = load(&http, &replicas, 0..30).await;
 
@@ -587,7 +587,7 @@ async fn a_postgres_crash_restart_loses_no_event_for_live_subscribers() {
     let logs = scratch_dir("cluster-logs");
     let cluster = Cluster::start(&pg.url, &logs).await;
     let replicas = cluster.replicas.clone();
-    let http = reqwest::Client::new();
+    let http = common::http();
 
     let mut started = load(&http, &replicas, 0..24).await;
     wait_count(&pg.url, RUNNING, 4, "attempts running in parallel").await;
@@ -645,7 +645,7 @@ async fn sigterm_stops_each_role_gracefully_and_a_released_attempt_does_not_coun
     .await;
     let mut worker = Tether::start(&["worker"], &db.url, &logs).await;
     let replicas: Replicas = Arc::new(RwLock::new(vec![api.addr.expect("an API address")]));
-    let http = reqwest::Client::new();
+    let http = common::http();
     let input = json!({
         "customerId": "c-slow",
         "items": [{ "sku": "tea", "quantity": 1, "unitPriceCents": 100 }],

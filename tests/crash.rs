@@ -64,7 +64,7 @@ impl Server {
         Server {
             child,
             url,
-            http: reqwest::Client::new(),
+            http: common::http(),
         }
     }
 
@@ -127,7 +127,7 @@ async fn kill_9_mid_load_loses_nothing_and_duplicates_nothing(backend: Backend) 
         let url = server.url.clone();
         let accepted = accepted.clone();
         clients.push(tokio::spawn(async move {
-            let http = reqwest::Client::new();
+            let http = common::http();
             let mut n = 0;
             while Instant::now() < stop_at && n < 2000 {
                 n += 1;

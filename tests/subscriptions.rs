@@ -133,7 +133,7 @@ async fn payload_is_the_publishers_selection_projected_for_the_subscriber() {
         "mutation($e: TraceEventInput!) { publishTraceEvent(input: $e) { traceId seq message } }";
     let event = json!({ "traceId": trace_id, "seq": 100, "component": "Worker", "status": "SUCCESS",
                         "timestamp": "2026-01-01T00:00:00.000Z", "message": "hello" });
-    let body = app.gql(ADMIN, publish, json!({ "e": event })).await;
+    let body = app.gql_iam(publish, json!({ "e": event })).await;
     assert_eq!(body["data"]["publishTraceEvent"]["message"], "hello");
     let mut got = BTreeMap::new();
     // The two subscriptions answer in any order; "c" completes after its error.
@@ -161,8 +161,7 @@ async fn payload_is_the_publishers_selection_projected_for_the_subscriber() {
     );
     // A publish that omits the filtered field reaches no one.
     let body = app
-        .gql(
-            ADMIN,
+        .gql_iam(
             "mutation($e: TraceEventInput!) { publishTraceEvent(input: $e) { seq } }",
             json!({ "e": event }),
         )

@@ -7,11 +7,12 @@
 use async_graphql::{BatchRequest, Request};
 use axum::body::{Body, to_bytes};
 use axum::extract::{FromRequestParts, State, WebSocketUpgrade};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{Html, IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::ApiState;
+use super::auth::{Denied, Headers, Signed};
 use crate::schema::errors::kind;
 
 /// An error response in AppSync's shape. The `x-amzn-ErrorType` header is where AWS clients
@@ -32,18 +33,21 @@ fn reject(status: StatusCode, error_type: &'static str, message: &str) -> Respon
         .into_response()
 }
 
-pub fn unauthorized() -> Response {
+pub fn unauthorized(denied: Denied) -> Response {
     reject(
         StatusCode::UNAUTHORIZED,
         "UnauthorizedException",
-        "You are not authorized to make this call.",
+        denied.message(),
     )
 }
 
-pub async fn graphql_post(State(app): State<ApiState>, headers: HeaderMap, body: Body) -> Response {
-    let Some(principal) = app.auth.from_headers(&headers) else {
-        return unauthorized();
-    };
+pub async fn graphql_post(
+    State(app): State<ApiState>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    // Read first: an IAM signature covers the body.
     let Ok(bytes) = to_bytes(body, app.limits.max_body_bytes).await else {
         return reject(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -53,6 +57,18 @@ pub async fn graphql_post(State(app): State<ApiState>, headers: HeaderMap, body:
                 app.limits.max_body_bytes
             ),
         );
+    };
+    let signed = Signed {
+        path: uri.path(),
+        body: &bytes,
+    };
+    let identity = match app
+        .auth
+        .authenticate(&Headers::from_http(&headers), Some(signed))
+        .await
+    {
+        Ok(identity) => identity,
+        Err(denied) => return unauthorized(denied),
     };
     let batch: BatchRequest = match serde_json::from_slice(&bytes) {
         Ok(batch) => batch,
@@ -88,7 +104,10 @@ pub async fn graphql_post(State(app): State<ApiState>, headers: HeaderMap, body:
     let single = requests.len() == 1 && !bytes.trim_ascii_start().starts_with(b"[");
     let mut out = Vec::with_capacity(requests.len());
     for request in requests {
-        let response = app.schema.execute(request.data(principal.clone())).await;
+        let request = request
+            .data(identity.principal.clone())
+            .data(identity.clone());
+        let response = app.schema.execute(request).await;
         out.push(appsync_shape(
             serde_json::to_value(&response).unwrap_or(Value::Null),
         ));

@@ -1,12 +1,13 @@
 //! HTTP and WebSocket transport.
 //!
-//! * `POST /graphql`: queries and mutations (single or batched), API key in `x-api-key`.
+//! * `POST /graphql`: queries and mutations (single or batched); credentials as `auth` reads
+//!   them (API key, JWT, SigV4).
 //! * `GET /graphql` with a WebSocket upgrade: subscriptions over `graphql-transport-ws` and the
 //!   legacy `subscriptions-transport-ws` (`graphql-ws`); without an upgrade: GraphiQL.
 //! * `GET /graphql/realtime` with a WebSocket upgrade: AppSync's real-time protocol.
 //! * `GET /health`: liveness plus executor and hub counters.
 
-mod auth;
+pub mod auth;
 mod http;
 pub mod tls;
 mod ws;
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::routing::get;
 
-pub use auth::{API_KEY_HEADER, Authenticator, generate_key};
+pub use auth::{API_KEY_HEADER, Authenticator, Denied, Headers, Signed, generate_key};
 
 use crate::hub::Hub;
 use crate::pipeline::Stats;

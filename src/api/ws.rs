@@ -13,6 +13,12 @@
 //! reading is closed after [`WRITE_TIMEOUT`]; meanwhile its hub buffers fill and the hub drops
 //! its subscriptions (G8).
 //!
+//! Authorization: the handshake's credentials (HTTP headers, the AppSync header object, or
+//! the `connection_init` payload) are the connection's; an AppSync `start` may carry its own
+//! in `extensions.authorization`, checked in the start's preparation task (a JWKS read never
+//! blocks the connection). A subscription whose token expires is ended with an
+//! `UnauthorizedException` ("Token has expired.") at its `exp`.
+//!
 //! Limits: subscriptions per connection, the time to `connection_init`, the connection's
 //! lifetime, the size of an incoming frame. Oversized payloads are not delivered (the hub's
 //! 240 KB cap, as on AppSync).
@@ -34,8 +40,9 @@ use tokio::time::{Instant, Sleep};
 use tokio_stream::StreamMap;
 
 use super::ApiState;
+use super::auth::{Denied, Headers, Signed};
 use super::http::appsync_shape;
-use crate::domain::Principal;
+use crate::domain::{Identity, Millis, now_millis};
 use crate::schema::live::{Delivery, Live, Prepared};
 
 /// A client that has not taken a frame for this long is closed.
@@ -77,17 +84,27 @@ pub async fn upgrade(
     } else {
         Protocol::TransportWs
     };
-    let principal = match (&header_object, protocol) {
-        (Some(object), _) => app.auth.from_header_object(object),
-        _ => app.auth.from_headers(&parts.headers),
+    // The GraphQL path the client derived this URL from: what IAM signatures cover.
+    let path = parts.uri.path();
+    let gql_path: Box<str> = path.strip_suffix("/realtime").unwrap_or(path).into();
+    let headers = match &header_object {
+        Some(object) => Headers::from_object(object),
+        None => Headers::from_http(&parts.headers),
     };
+    // An IAM handshake signs `POST <graphql path>/connect` with the body `{}`.
+    let connect = format!("{gql_path}/connect");
+    let signed = Signed {
+        path: &connect,
+        body: b"{}",
+    };
+    let handshake = app.auth.authenticate(&headers, Some(signed)).await;
     let limits = app.limits.clone();
     upgrade
         .protocols(["graphql-transport-ws", "graphql-ws"])
         .read_buffer_size(limits.ws_read_buffer)
         .write_buffer_size(0)
         .max_message_size(limits.max_body_bytes)
-        .on_upgrade(move |socket| serve(app, socket, protocol, principal))
+        .on_upgrade(move |socket| serve(app, socket, protocol, gql_path, handshake))
 }
 
 /// The `name` parameter of a query string, percent-decoded. A `+` stays a `+`: hand-written
@@ -155,7 +172,8 @@ struct Started {
 }
 
 enum Outcome {
-    Live(Live),
+    /// A subscription, and when its credentials expire.
+    Live(Live, Option<Millis>),
     /// A query or mutation's response (`graphql-transport-ws` and legacy only).
     Response(Value),
     Failed(Vec<Value>),
@@ -164,10 +182,18 @@ enum Outcome {
 struct Conn {
     app: ApiState,
     protocol: Protocol,
+    /// The GraphQL path (`/graphql`): a `start`'s IAM signature covers it.
+    gql_path: Box<str>,
     /// From the handshake (headers, AppSync header object); `connection_init` may add it.
-    handshake: Option<Principal>,
-    principal: Option<Principal>,
+    handshake: Result<Identity, Denied>,
+    /// Set by a successful `connection_init` (or an AppSync `start` after an authorised
+    /// handshake): the connection's caller.
+    identity: Option<Identity>,
     subs: StreamMap<Box<str>, Live>,
+    /// When each subscription's credentials expire (JWT `exp`).
+    expiries: HashMap<Box<str>, Millis>,
+    /// `expiries` changed: the expiry timer needs resetting.
+    expiries_changed: bool,
     /// Subscriptions being prepared, by id; the generation tells a `stop`ped one from a new
     /// one with the same id. Each preparation is its own task (it holds a server-wide permit,
     /// so it must progress whatever this connection does) and is aborted by a `stop`.
@@ -184,16 +210,20 @@ async fn serve(
     app: ApiState,
     mut socket: WebSocket,
     protocol: Protocol,
-    handshake: Option<Principal>,
+    gql_path: Box<str>,
+    handshake: Result<Identity, Denied>,
 ) {
     let limits = app.limits.clone();
     let shutdown = app.shutdown.clone();
     let mut conn = Conn {
         app,
         protocol,
+        gql_path,
         handshake,
-        principal: None,
+        identity: None,
         subs: StreamMap::new(),
+        expiries: HashMap::new(),
+        expiries_changed: false,
         pending_ids: HashMap::new(),
         pending: FuturesUnordered::new(),
         generation: 0,
@@ -207,8 +237,9 @@ async fn serve(
     let keepalive = Duration::from_millis(limits.keepalive_ms.max(1));
     let mut next_ka: std::pin::Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(keepalive));
     let sends_ka = protocol != Protocol::TransportWs && limits.keepalive_ms > 0;
+    let mut next_expiry: std::pin::Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(keepalive));
     loop {
-        let was_initialised = conn.principal.is_some();
+        let was_initialised = conn.identity.is_some();
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => conn.close_with(1001, "server shutting down"),
@@ -220,7 +251,7 @@ async fn serve(
                 }
             }
             msg = socket.recv() => match msg {
-                Some(Ok(Message::Text(text))) => conn.on_text(text.as_str()),
+                Some(Ok(Message::Text(text))) => conn.on_text(text.as_str()).await,
                 Some(Ok(Message::Binary(_))) => conn.invalid("binary frames are not supported"),
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
@@ -235,8 +266,18 @@ async fn serve(
                 next_ka.as_mut().reset(Instant::now() + keepalive);
                 conn.text(json!({ "type": "ka" }));
             }
+            _ = &mut next_expiry, if !conn.expiries.is_empty() => conn.expire(now_millis()),
         }
-        if !was_initialised && conn.principal.is_some() {
+        if conn.expiries_changed {
+            conn.expiries_changed = false;
+            if let Some(first) = conn.expiries.values().min() {
+                let wait = (first - now_millis()).max(0) as u64;
+                next_expiry
+                    .as_mut()
+                    .reset(Instant::now() + Duration::from_millis(wait));
+            }
+        }
+        if !was_initialised && conn.identity.is_some() {
             deadline
                 .as_mut()
                 .reset(Instant::now() + Duration::from_millis(limits.connection_lifetime_ms));
@@ -290,14 +331,14 @@ impl Conn {
         }
     }
 
-    fn on_text(&mut self, text: &str) {
+    async fn on_text(&mut self, text: &str) {
         let frame = match serde_json::from_str::<ClientFrame>(text) {
             Ok(f) => f,
             Err(_) => return self.invalid("the frame is not a JSON object with a `type`"),
         };
         use Protocol::*;
         match (self.protocol, frame.kind.as_str()) {
-            (_, "connection_init") => self.init(&frame.payload),
+            (_, "connection_init") => self.init(&frame.payload).await,
             (TransportWs, "ping") => self.text(json!({ "type": "pong" })),
             (TransportWs, "pong") => {}
             (TransportWs, "subscribe") | (Legacy | AppSync, "start") => {
@@ -315,24 +356,27 @@ impl Conn {
         }
     }
 
-    fn init(&mut self, payload: &Value) {
-        if self.principal.is_some() {
+    async fn init(&mut self, payload: &Value) {
+        if self.identity.is_some() {
             if self.protocol == Protocol::TransportWs {
                 self.close_with(4429, "Too many initialisation requests");
             }
             return;
         }
-        let principal = match self.protocol {
-            Protocol::AppSync => self.handshake.clone(),
-            _ => self
-                .handshake
-                .clone()
-                .or_else(|| self.app.auth.from_init_payload(payload)),
+        let identity = match (self.protocol, &self.handshake) {
+            (Protocol::AppSync, handshake) | (_, handshake @ Ok(_)) => handshake.clone(),
+            // Other protocols carry their credentials in the `connection_init` payload.
+            _ => {
+                let headers = Headers::from_init_payload(payload);
+                self.app.auth.authenticate(&headers, None).await
+            }
         };
-        let Some(principal) = principal else {
-            return self.refuse_connection();
+        let identity = match identity {
+            Ok(identity) if !identity.expired(now_millis()) => identity,
+            Ok(_) => return self.refuse_connection(Denied::Expired),
+            Err(denied) => return self.refuse_connection(denied),
         };
-        self.principal = Some(principal);
+        self.identity = Some(identity);
         match self.protocol {
             Protocol::TransportWs => self.text(json!({ "type": "connection_ack" })),
             Protocol::Legacy => {
@@ -347,19 +391,19 @@ impl Conn {
         }
     }
 
-    fn refuse_connection(&mut self) {
+    fn refuse_connection(&mut self, denied: Denied) {
         match self.protocol {
             Protocol::TransportWs => self.close_with(4403, "Forbidden"),
             Protocol::Legacy => {
                 self.text(json!({ "type": "connection_error", "payload": {
-                    "message": "Unauthorized: a valid x-api-key is required" } }));
+                    "message": denied.message() } }));
                 self.close_with(4403, "Forbidden");
             }
             Protocol::AppSync => {
                 self.text(
                     json!({ "type": "connection_error", "payload": { "errors": [{
                     "errorType": "UnauthorizedException",
-                    "message": "You are not authorized to make this call.",
+                    "message": denied.message(),
                     "errorCode": 401 }] } }),
                 );
                 self.close_with(4401, "Unauthorized");
@@ -385,13 +429,15 @@ impl Conn {
             return self.invalid("`subscribe`/`start` needs an `id`");
         };
         // AppSync needs no `connection_init` when the handshake carried the authorization.
-        if self.principal.is_none() && self.protocol == Protocol::AppSync {
-            self.principal = self.handshake.clone();
+        if self.identity.is_none() && self.protocol == Protocol::AppSync {
+            self.identity = self.handshake.clone().ok();
         }
-        let Some(connection_principal) = self.principal.clone() else {
+        let Some(connection_identity) = self.identity.clone() else {
             return match self.protocol {
                 Protocol::TransportWs => self.close_with(4401, "Unauthorized"),
-                _ => self.refuse_connection(),
+                _ => self.refuse_connection(
+                    self.handshake.clone().err().unwrap_or(Denied::Unauthorized),
+                ),
             };
         };
         if self.subs.contains_key(id.as_str()) || self.pending_ids.contains_key(id.as_str()) {
@@ -415,7 +461,8 @@ impl Conn {
         }
         // AppSync: `payload.data` is the request as a JSON string and each start carries its
         // own authorization. The others (and tolerant AppSync clients): `payload` is the request.
-        let request = match payload.get("data").and_then(Value::as_str) {
+        let data = payload.get("data").and_then(Value::as_str);
+        let request = match data {
             Some(data) => serde_json::from_str::<Request>(data),
             None => serde_json::from_value::<Request>(payload.clone()),
         };
@@ -430,33 +477,53 @@ impl Conn {
                 return self.fail(&id, vec![error(kind, &message)]);
             }
         };
-        let principal = match payload.pointer("/extensions/authorization") {
-            Some(object) if self.protocol == Protocol::AppSync => {
-                match self.app.auth.from_header_object(object) {
-                    Some(p) => p,
-                    None => {
-                        return self.fail(
-                            &id,
-                            vec![error(
-                                "UnauthorizedException",
-                                "You are not authorized to make this call.",
-                            )],
-                        );
-                    }
-                }
-            }
-            _ => connection_principal,
+        // The start's own credentials, checked in its task; an IAM signature covers
+        // `POST <graphql path>` with `payload.data` as the body.
+        let own_auth = match payload.pointer("/extensions/authorization") {
+            Some(object) if self.protocol == Protocol::AppSync => Some((
+                Headers::from_object(object),
+                data.unwrap_or_default().to_owned(),
+                self.gql_path.clone(),
+            )),
+            _ => None,
         };
         self.generation += 1;
         let generation = self.generation;
         let id: Box<str> = id.into();
         let live = self.app.live.clone();
         let appsync = self.protocol == Protocol::AppSync;
+        let auth = self.app.auth.clone();
         let task = tokio::spawn({
             let id = id.clone();
             async move {
-                let outcome = match live.prepare(request.data(principal)).await {
-                    Ok(Prepared::Live(l)) => Outcome::Live(l),
+                let identity = match own_auth {
+                    Some((headers, body, path)) => {
+                        let signed = Signed {
+                            path: &path,
+                            body: body.as_bytes(),
+                        };
+                        auth.authenticate(&headers, Some(signed)).await
+                    }
+                    None => Ok(connection_identity),
+                };
+                let identity = match identity {
+                    Ok(identity) if identity.expired(now_millis()) => Err(Denied::Expired),
+                    other => other,
+                };
+                let identity = match identity {
+                    Ok(identity) => identity,
+                    Err(denied) => {
+                        let errors = vec![error("UnauthorizedException", denied.message())];
+                        return Started {
+                            id,
+                            generation,
+                            outcome: Outcome::Failed(errors),
+                        };
+                    }
+                };
+                let expires_at = identity.expires_at;
+                let outcome = match live.prepare(request, &identity).await {
+                    Ok(Prepared::Live(l)) => Outcome::Live(l, expires_at),
                     Ok(Prepared::Operation(_)) if appsync => Outcome::Failed(vec![error(
                         "UnsupportedOperation",
                         "queries and mutations are not supported through the realtime channel; send them over HTTP",
@@ -486,9 +553,13 @@ impl Conn {
         self.pending_ids.remove(&started.id);
         let id = started.id;
         match started.outcome {
-            Outcome::Live(live) => {
+            Outcome::Live(live, expires_at) => {
                 if self.protocol == Protocol::AppSync {
                     self.text(json!({ "type": "start_ack", "id": id }));
+                }
+                if let Some(at) = expires_at {
+                    self.expiries.insert(id.clone(), at);
+                    self.expiries_changed = true;
                 }
                 self.subs.insert(id, live);
             }
@@ -518,6 +589,7 @@ impl Conn {
             Delivery::Item(payload) => self.item(id, payload),
             Delivery::Overflow(payload) => {
                 self.subs.remove(id);
+                self.forget_expiry(id);
                 match self.protocol {
                     Protocol::AppSync => {
                         let errors = payload["errors"].as_array().cloned().unwrap_or_default();
@@ -538,10 +610,40 @@ impl Conn {
             task.abort();
         }
         let known = self.subs.remove(id).is_some() || preparing.is_some();
+        self.forget_expiry(id);
         // graphql-transport-ws: the client's `complete` needs no answer.
         if self.protocol != Protocol::TransportWs && known {
             self.text(json!({ "type": "complete", "id": id }));
         }
+    }
+}
+
+impl Conn {
+    fn forget_expiry(&mut self, id: &str) {
+        if self.expiries.remove(id).is_some() {
+            self.expiries_changed = true;
+        }
+    }
+
+    /// Ends every subscription whose credentials expired by `now`: nothing more is delivered
+    /// to it, and the client is told why (AppSync's "Token has expired.").
+    fn expire(&mut self, now: Millis) {
+        let expired: Vec<Box<str>> = self
+            .expiries
+            .iter()
+            .filter(|(_, at)| now >= **at)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            self.expiries.remove(&id);
+            self.subs.remove(&id);
+            let denied = Denied::Expired;
+            self.fail(&id, vec![error("UnauthorizedException", denied.message())]);
+            if self.protocol == Protocol::Legacy {
+                self.text(json!({ "type": "complete", "id": id }));
+            }
+        }
+        self.expiries_changed = true;
     }
 }
 

@@ -28,6 +28,67 @@ impl Principal {
     }
 }
 
+/// How a caller proved who it is: AppSync's authorization modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuthMode {
+    ApiKey,
+    Iam,
+    Oidc,
+    CognitoUserPools,
+    /// `--open-access`: no authentication; every directive admits it.
+    Open,
+}
+
+impl AuthMode {
+    /// AppSync's name for the mode (`API_KEY`, `AWS_IAM`, …), as configured.
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name.trim().to_ascii_uppercase().as_str() {
+            "API_KEY" => Self::ApiKey,
+            "AWS_IAM" => Self::Iam,
+            "OPENID_CONNECT" => Self::Oidc,
+            "AMAZON_COGNITO_USER_POOLS" => Self::CognitoUserPools,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ApiKey => "API_KEY",
+            Self::Iam => "AWS_IAM",
+            Self::Oidc => "OPENID_CONNECT",
+            Self::CognitoUserPools => "AMAZON_COGNITO_USER_POOLS",
+            Self::Open => "NONE",
+        }
+    }
+}
+
+/// An authenticated caller: who (the principal that owns traces), how (the mode the
+/// `@aws_*` directives check), with which groups, and until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub principal: Principal,
+    pub mode: AuthMode,
+    /// `cognito:groups` of a user-pool token (`@aws_cognito_user_pools(cognito_groups:)`).
+    pub groups: Vec<String>,
+    /// When the credential stops being valid (a JWT's `exp`), in ms since the epoch.
+    pub expires_at: Option<Millis>,
+}
+
+impl Identity {
+    pub fn new(principal: Principal, mode: AuthMode) -> Self {
+        Self {
+            principal,
+            mode,
+            groups: Vec::new(),
+            expires_at: None,
+        }
+    }
+
+    pub fn expired(&self, now: Millis) -> bool {
+        self.expires_at.is_some_and(|exp| now >= exp)
+    }
+}
+
 /// A command type name: the `Mutation` field that carries it, e.g. `createOrder`.
 pub type CommandType = String;
 

@@ -32,6 +32,8 @@ pub struct Services {
     pub commands: CommandApi,
     pub doc: Arc<SchemaDoc>,
     pub limits: Limits,
+    /// The `@aws_*` directives, checked on every resolved field.
+    pub rules: Arc<super::AuthRules>,
 }
 
 pub fn build(services: Services) -> Result<Schema, SchemaError> {
@@ -102,6 +104,7 @@ pub fn build(services: Services) -> Result<Schema, SchemaError> {
         }
     }
     builder
+        .extension(super::auth::Enforce(services.rules.clone()))
         .data(services)
         .limit_depth(limits.max_depth)
         .limit_complexity(limits.max_complexity)

@@ -24,7 +24,9 @@ use futures_util::{Stream, StreamExt};
 use serde_json::{Map, Value, json};
 
 use super::SchemaDoc;
+use super::auth::AuthRules;
 use super::errors::kind;
+use crate::domain::Identity;
 use crate::hub::{self, Hub, TooSlow};
 
 /// What a subscription resolver found: the hub field to subscribe to and the filters.
@@ -54,6 +56,7 @@ pub struct LiveSchema {
     schema: Schema,
     doc: Arc<SchemaDoc>,
     hub: Arc<Hub>,
+    rules: Arc<AuthRules>,
     /// Subscriptions being prepared at once. A burst of thousands of new subscriptions waits
     /// here cheaply instead of each holding a parsed document, async-graphql's execution state
     /// and an owner lookup at the same time (memory that stays fragmented afterwards).
@@ -72,11 +75,12 @@ pub enum Prepared {
 }
 
 impl LiveSchema {
-    pub fn new(schema: Schema, doc: Arc<SchemaDoc>, hub: Arc<Hub>) -> Self {
+    pub fn new(schema: Schema, doc: Arc<SchemaDoc>, hub: Arc<Hub>, rules: Arc<AuthRules>) -> Self {
         Self {
             schema,
             doc,
             hub,
+            rules,
             preparing: Arc::new(tokio::sync::Semaphore::new(PREPARING)),
         }
     }
@@ -85,10 +89,15 @@ impl LiveSchema {
         &self.schema
     }
 
-    /// Validates and authorises a subscription (the request carries the caller's principal
-    /// as data) and registers it with the hub. Errors are what async-graphql or the resolver
-    /// said, ready for the client.
-    pub async fn prepare(&self, request: Request) -> Result<Prepared, Vec<ServerError>> {
+    /// Validates and authorises a subscription for `who` and registers it with the hub.
+    /// Errors are what async-graphql, the `@aws_*` rules or the resolver said, ready for the
+    /// client. A query or mutation comes back with `who` attached, for the caller to run.
+    pub async fn prepare(
+        &self,
+        request: Request,
+        who: &Identity,
+    ) -> Result<Prepared, Vec<ServerError>> {
+        let request = request.data(who.principal.clone()).data(who.clone());
         let _permit = self.preparing.acquire().await;
         let document = match async_graphql::parser::parse_query(&request.query) {
             Ok(d) => d,
@@ -99,6 +108,22 @@ impl LiveSchema {
         };
         let selection = &operation.selection_set.node;
         let variables = with_defaults(operation, &request.variables);
+        // The selection compiled first: a caller whose mode may not read a selected field is
+        // refused before any resolver runs.
+        let root = self.doc.subscription.as_deref().unwrap_or("Subscription");
+        let ctx = Compile {
+            doc: &self.doc,
+            fragments: &document.fragments,
+            variables: &variables,
+            auth: Some((&self.rules, who)),
+            refused: Default::default(),
+        };
+        let mut roots = Vec::new();
+        ctx.selection(root, selection, &mut roots);
+        if let Some((field, ty)) = ctx.refused.into_inner() {
+            let error = AuthRules::refusal(&field, &ty);
+            return Err(vec![error.into_server_error(operation.selection_set.pos)]);
+        }
         let slot = Arc::new(Slot::default());
         let mut stream = self.schema.execute_stream(request.data(slot.clone()));
         let mut errors = Vec::new();
@@ -115,14 +140,6 @@ impl LiveSchema {
                 None,
             )]);
         };
-        let root = self.doc.subscription.as_deref().unwrap_or("Subscription");
-        let ctx = Compile {
-            doc: &self.doc,
-            fragments: &document.fragments,
-            variables: &variables,
-        };
-        let mut roots = Vec::new();
-        ctx.selection(root, selection, &mut roots);
         let one = match (roots.len(), roots.pop()) {
             (1, Some(node)) => Some(node),
             _ => None,
@@ -295,6 +312,10 @@ struct Compile<'a> {
     doc: &'a SchemaDoc,
     fragments: &'a HashMap<Name, Positioned<FragmentDefinition>>,
     variables: &'a Variables,
+    /// The rules and the caller to check each selected field against.
+    auth: Option<(&'a AuthRules, &'a Identity)>,
+    /// The first field the caller may not read, and its type.
+    refused: std::cell::RefCell<Option<(String, String)>>,
 }
 
 impl Compile<'_> {
@@ -316,6 +337,12 @@ impl Compile<'_> {
                             source: Source::Typename(ty.into()),
                         }
                     } else {
+                        if let Some((rules, who)) = self.auth
+                            && !rules.allows(ty, name, who)
+                        {
+                            let mut refused = self.refused.borrow_mut();
+                            refused.get_or_insert_with(|| (name.to_owned(), ty.to_owned()));
+                        }
                         let def = self.doc.object_fields(ty).find(|d| d.name.node == name);
                         let child = def.map(|d| super::base_name(&d.ty.node).to_string());
                         let non_null = def
@@ -403,6 +430,8 @@ mod tests {
             doc: &doc,
             fragments: &document.fragments,
             variables: &variables,
+            auth: None,
+            refused: Default::default(),
         };
         let mut roots = Vec::new();
         ctx.selection("Subscription", selection, &mut roots);

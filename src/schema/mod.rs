@@ -8,6 +8,7 @@
 //! name from their parent, like AppSync's default resolvers. A start-up check refuses to run
 //! when the schema and the registered handlers disagree.
 
+pub mod auth;
 mod build;
 pub mod errors;
 pub mod live;
@@ -23,6 +24,7 @@ use async_graphql::parser::types::{
 };
 use thiserror::Error;
 
+pub use auth::AuthRules;
 pub use build::{Limits, Services, build};
 pub use live::LiveSchema;
 

@@ -2,6 +2,8 @@
 //! PostgreSQL database), a real HTTP client and a real WebSocket client.
 #![allow(dead_code)]
 
+pub mod auth;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -19,6 +21,12 @@ pub const CREATE_ORDER: &str = "mutation($i: CreateOrderInput!, $k: String) { cr
 pub const TRACE: &str = "query($t: ID!) { trace(traceId: $t) { traceId commandType state attempts series result error \
      events { seq component status timestamp attempt message detail state } } }";
 pub const SUBSCRIBE: &str = "subscription($t: ID!) { onTraceEvent(traceId: $t) { traceId seq component status timestamp attempt message state } }";
+
+/// An HTTP client. reqwest's rustls uses the process's crypto provider: aws-lc-rs, as tether.
+pub fn http() -> reqwest::Client {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    reqwest::Client::new()
+}
 
 /// A fresh directory for one test's database.
 pub fn scratch_dir(name: &str) -> PathBuf {
@@ -38,6 +46,10 @@ pub fn test_config(db: &TestDb) -> Config {
     let mut c = Config::for_tests(db.url.clone());
     c.api_keys = tether::config::Secret::new(format!("alice:{ALICE},bob:{BOB}"));
     c.admin_api_keys = tether::config::Secret::new(format!("ops:{ADMIN}"));
+    // Workers publish with SigV4, as on AppSync (`publishTraceEvent` is `@aws_iam`).
+    c.auth_additional = "AWS_IAM".into();
+    c.iam_keys =
+        tether::config::Secret::new(format!("worker:{}:{}", auth::IAM_AKID, auth::IAM_SECRET));
     c.fault_injection = true;
     c.retry_base_ms = 20;
     c.retry_factor = 2;
@@ -89,7 +101,7 @@ impl TestApp {
         Self {
             addr,
             db,
-            http: reqwest::Client::new(),
+            http: http(),
             shutdown,
             bus,
             stats,
@@ -121,6 +133,41 @@ impl TestApp {
             status,
             serde_json::from_str(&text).unwrap_or_else(|_| panic!("non-JSON body: {text}")),
         )
+    }
+
+    /// POSTs a GraphQL request signed with SigV4 by `aws-sigv4`, as an IAM worker would.
+    pub async fn post_signed(&self, body: Value, secret: &str) -> (u16, Value) {
+        let bytes = body.to_string().into_bytes();
+        let headers = auth::sigv4_headers(
+            &self.url(),
+            &bytes,
+            auth::IAM_AKID,
+            secret,
+            std::time::SystemTime::now(),
+        );
+        let mut req = self.http.post(self.url()).body(bytes);
+        for (name, value) in headers {
+            req = req.header(name, value);
+        }
+        let resp = req.send().await.expect("HTTP request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("HTTP body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("non-JSON body: {text}")),
+        )
+    }
+
+    /// A GraphQL request as the IAM worker.
+    pub async fn gql_iam(&self, query: &str, variables: Value) -> Value {
+        let (status, body) = self
+            .post_signed(
+                json!({ "query": query, "variables": variables }),
+                auth::IAM_SECRET,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
     }
 
     pub async fn gql(&self, key: &str, query: &str, variables: Value) -> Value {
