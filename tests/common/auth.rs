@@ -138,3 +138,60 @@ impl Issuer {
         self.sign(&self.claims(sub, ttl_s))
     }
 }
+
+/// The shipped schema, annotated the way an AppSync API with API_KEY as default plus OIDC and
+/// Cognito would be: every object type names the modes that may read it (naming any mode
+/// replaces the default), `deadLetters` is for the Cognito group `ops` only, and
+/// subscriptions are open to API keys, OIDC and IAM but not to Cognito users (to show a
+/// refused subscription).
+pub fn multi_mode_schema(dir: &Path) -> PathBuf {
+    let mut sdl = tether::schema::DEFAULT_SDL.to_owned();
+    let all = "@aws_api_key @aws_oidc @aws_cognito_user_pools";
+    for ty in [
+        "Query",
+        "Mutation",
+        "CommandAccepted",
+        "Trace",
+        "DeadLetter",
+        "DeadLetterPage",
+    ] {
+        let from = format!("type {ty} {{");
+        assert!(sdl.contains(&from), "{from}");
+        sdl = sdl.replace(&from, &format!("type {ty} {all} {{"));
+    }
+    for (from, to) in [
+        (
+            "type Subscription {",
+            "type Subscription @aws_api_key @aws_oidc @aws_iam {",
+        ),
+        (
+            "type TraceEvent @aws_api_key @aws_iam {",
+            "type TraceEvent @aws_api_key @aws_iam @aws_oidc @aws_cognito_user_pools {",
+        ),
+        (
+            "deadLetters(limit: Int, nextToken: String): DeadLetterPage!",
+            "deadLetters(limit: Int, nextToken: String): DeadLetterPage! @aws_cognito_user_pools(cognito_groups: [\"ops\"])",
+        ),
+    ] {
+        assert!(sdl.contains(from), "{from}");
+        sdl = sdl.replace(from, to);
+    }
+    let path = dir.join("schema-multi-mode.graphql");
+    std::fs::write(&path, sdl).unwrap();
+    path
+}
+
+/// Serves `jwks` at `http://<addr>/jwks.json` until the runtime ends.
+pub async fn serve_jwks(jwks: Value) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get(move || {
+            let jwks = jwks.clone();
+            async move { axum::Json(jwks) }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/jwks.json")
+}
