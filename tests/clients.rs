@@ -3,14 +3,19 @@
 //! `graphql-ws`. Each runs the scripts in `tests/clients/` (installed, pinned, by
 //! `tests/clients/install.sh`, which the README's test command calls): `createOrder` over
 //! HTTP, a subscription to its trace, the history, until the manager's `SUCCESS`; a command that
-//! fails until it is dead-lettered; and wrong keys over HTTP and on the socket.
+//! fails until it is dead-lettered; and wrong keys over HTTP and on the socket. Each runs with
+//! an API key and with OIDC (a JWT from a test issuer whose JWKS tether reads from a file).
 
 mod common;
 
 use std::path::PathBuf;
 
+use common::auth::{Issuer, multi_mode_schema};
 use common::*;
 use serde_json::{Value, json};
+
+const OIDC_ISSUER: &str = "https://id.tether.test";
+const CLIENT: &str = "tether-web";
 
 /// What a client script printed (one JSON object per line) and its exit code.
 struct Run {
@@ -66,6 +71,11 @@ fn api_key(key: &str) -> String {
     json!({ "type": "API_KEY", "apiKey": key }).to_string()
 }
 
+/// The libraries send the token raw in `Authorization`.
+fn oidc(token: &str) -> String {
+    json!({ "type": "OPENID_CONNECT", "jwt": token }).to_string()
+}
+
 /// The fields the scripts' subscription selects; Apollo adds `__typename`.
 const SELECTED: [&str; 8] = [
     "traceId",
@@ -108,13 +118,17 @@ fn check_live(run: &Run, trace_id: &str) -> Vec<i64> {
 }
 
 /// Returns the trace's ID.
-async fn follows_a_command_from_accepted_to_success(client: &str, app: &TestApp) -> String {
+async fn follows_a_command_from_accepted_to_success(
+    client: &str,
+    app: &TestApp,
+    auth: String,
+) -> String {
     // The first attempt waits, so most events happen after the client has subscribed.
     let input = faulty_order(json!({ "delayMs": 1000 })).to_string();
     let run = run(
         client,
         app,
-        &[("TETHER_AUTH", api_key(ALICE)), ("TETHER_INPUT", input)],
+        &[("TETHER_AUTH", auth), ("TETHER_INPUT", input)],
     )
     .await;
     assert_eq!(run.code, 0, "{:?}\n{}", run.lines, run.stderr);
@@ -154,13 +168,13 @@ async fn follows_a_command_from_accepted_to_success(client: &str, app: &TestApp)
     trace_id.to_owned()
 }
 
-async fn sees_the_error_events_of_a_failing_command(client: &str, app: &TestApp) {
+async fn sees_the_error_events_of_a_failing_command(client: &str, app: &TestApp, auth: String) {
     let input = faulty_order(json!({ "delayMs": 1000, "failAttempts": 9 })).to_string();
     let run = run(
         client,
         app,
         &[
-            ("TETHER_AUTH", api_key(ALICE)),
+            ("TETHER_AUTH", auth),
             ("TETHER_INPUT", input),
             ("TETHER_UNTIL", "ErrorHandler:ERROR".into()),
         ],
@@ -176,13 +190,14 @@ async fn sees_the_error_events_of_a_failing_command(client: &str, app: &TestApp)
     );
 }
 
-/// `trace_id` is alice's.
-async fn wrong_keys_are_refused_over_http_and_on_the_socket(
+/// `trace_id` is alice's; `wrong` is a credential tether must refuse.
+async fn wrong_credentials_are_refused_over_http_and_on_the_socket(
     client: &str,
     app: &TestApp,
     trace_id: String,
+    wrong: String,
 ) {
-    let http = run(client, app, &[("TETHER_AUTH", api_key("wrong"))]).await;
+    let http = run(client, app, &[("TETHER_AUTH", wrong.clone())]).await;
     assert_eq!(http.code, 3, "{:?}\n{}", http.lines, http.stderr);
     assert_eq!(
         http.one("error")["errorType"],
@@ -196,7 +211,7 @@ async fn wrong_keys_are_refused_over_http_and_on_the_socket(
         client,
         app,
         &[
-            ("TETHER_AUTH", api_key("wrong")),
+            ("TETHER_AUTH", wrong),
             ("TETHER_SCENARIO", "subscribe-only".into()),
             ("TETHER_TRACE_ID", trace_id),
         ],
@@ -215,10 +230,40 @@ async fn wrong_keys_are_refused_over_http_and_on_the_socket(
 }
 
 async fn client_suite(client: &str) {
-    let app = TestApp::spawn_with(|c| c.tls_self_signed = client == "amplify").await;
-    let trace_id = follows_a_command_from_accepted_to_success(client, &app).await;
-    sees_the_error_events_of_a_failing_command(client, &app).await;
-    wrong_keys_are_refused_over_http_and_on_the_socket(client, &app, trace_id).await;
+    let dir = scratch_dir("clients");
+    let issuer = Issuer::new(&dir, OIDC_ISSUER, CLIENT);
+    let schema = multi_mode_schema(&dir);
+    let jwks = issuer.jwks_path.display().to_string();
+    let app = TestApp::spawn_with(|c| {
+        c.tls_self_signed = client == "amplify";
+        c.schema = Some(schema);
+        c.auth_additional = "AWS_IAM,OPENID_CONNECT".into();
+        c.oidc_issuer = Some(OIDC_ISSUER.into());
+        c.oidc_client_id = CLIENT.into();
+        c.oidc_jwks = Some(jwks);
+    })
+    .await;
+    let trace_id = follows_a_command_from_accepted_to_success(client, &app, api_key(ALICE)).await;
+    follows_a_command_from_accepted_to_success(client, &app, oidc(&issuer.token("ann", 600))).await;
+    sees_the_error_events_of_a_failing_command(client, &app, oidc(&issuer.token("ann", 600))).await;
+    wrong_credentials_are_refused_over_http_and_on_the_socket(
+        client,
+        &app,
+        trace_id.clone(),
+        api_key("wrong"),
+    )
+    .await;
+    // An expired token and one signed by a key tether does not hold.
+    let forger = Issuer::new(&dir, OIDC_ISSUER, CLIENT);
+    for token in [issuer.token("ann", -5), forger.token("ann", 600)] {
+        wrong_credentials_are_refused_over_http_and_on_the_socket(
+            client,
+            &app,
+            trace_id.clone(),
+            oidc(&token),
+        )
+        .await;
+    }
     app.stop().await;
 }
 

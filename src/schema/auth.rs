@@ -142,7 +142,9 @@ impl Extension for EnforceExt {
         info: ResolveInfo<'_>,
         next: NextResolve<'_>,
     ) -> ServerResult<Option<Value>> {
-        if !info.is_for_introspection {
+        // async-graphql also calls this for each item of a list, with the list type
+        // (`[T]`) as parent: the field itself was checked already.
+        if !info.is_for_introspection && !info.parent_type.starts_with('[') {
             let allowed = ctx
                 .data_opt::<Identity>()
                 .is_some_and(|who| self.0.allows(info.parent_type, info.name, who));
