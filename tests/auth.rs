@@ -187,6 +187,14 @@ async fn jwt_callers_own_their_traces_and_directives_decide_what_each_mode_reach
         trace_id.as_str(),
         "{body}"
     );
+    // Lists are checked per field, not per item.
+    let events = json!({ "query": "query($t: ID!) { traceEvents(traceId: $t) { seq status } }",
+                         "variables": { "t": trace_id } });
+    let (_, body) = post(&app, &raw_jwt(&oidc.token("ann", 300)), &events).await;
+    assert_eq!(
+        body["data"]["traceEvents"][0]["status"], "ACCEPTED",
+        "{body}"
+    );
     // Another subject of the same issuer, an API key, a Cognito user: not theirs, and the
     // answer is the one for a trace that does not exist (G7).
     let missing = uuid::Uuid::now_v7().to_string();
