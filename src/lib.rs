@@ -6,7 +6,9 @@
 //!    builds the executable schema. Every `Mutation` field returning `CommandAccepted!` is a
 //!    command. AWS scalars are validated on input here.
 //! 2. [`api`] receives the mutation over HTTP (`POST /graphql`), authenticates the caller
-//!    (`x-api-key`) and executes it.
+//!    with one of AppSync's modes ([`api::auth`]: API key, OIDC or Cognito JWT, SigV4) and
+//!    executes it; the schema's `@aws_*` directives decide which fields that mode reaches
+//!    ([`schema::auth`]).
 //! 3. The CommandApi ([`pipeline::command_api`]) validates the input with the command's handler
 //!    (fail fast), and the [`store`] commits the command row and its `ACCEPTED` trace event in
 //!    one transaction — concurrent accepts share one commit. The client gets the trace ID.
