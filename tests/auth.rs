@@ -501,6 +501,16 @@ async fn an_iam_worker_signs_publish_trace_event_and_subscribers_receive_it() {
     let frame = worker.next().await;
     assert_eq!(frame["type"], "start_ack", "{frame}");
     app.wait_subscribers(2).await;
+    // The handshake's signature covers only `…/connect` and `{}`: a start on that connection
+    // must sign its own request.
+    worker.start("unsigned", &trace_id, None).await;
+    let frame = worker.next().await;
+    assert_eq!(frame["type"], "error", "{frame}");
+    assert_eq!(frame["id"], "unsigned");
+    assert_eq!(
+        frame["payload"]["errors"][0]["errorType"],
+        "UnauthorizedException"
+    );
 
     let (status, body) = app
         .post_signed(publish_body(&trace_id, 900), IAM_SECRET)
@@ -571,5 +581,36 @@ async fn a_subscription_ends_when_its_token_expires() {
     assert_eq!(frame["type"], "data");
     assert_eq!(frame["id"], "long");
     assert_eq!(frame["payload"]["data"]["onTraceEvent"]["seq"], 701);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn hostile_subscription_documents_are_refused_and_the_server_stays_up() {
+    let Setup { app, .. } = setup().await;
+    let trace_id = app.create_order(ALICE, order("c-hostile")).await;
+    let mut rt = Rt::connect(&app, &key_object(&app, ALICE)).await;
+    assert_eq!(rt.next().await["type"], "connection_ack");
+    // A fragment cycle, and a chain of fragments that each spread the next twice (2^40).
+    let cyclic = "subscription($t: ID!) { onTraceEvent(traceId: $t) { ...A } } \
+                  fragment A on TraceEvent { seq ...B } fragment B on TraceEvent { ...A }";
+    let mut wide = String::from("subscription($t: ID!) { onTraceEvent(traceId: $t) { ...F0 } }");
+    for i in 0..40 {
+        wide.push_str(&format!(
+            " fragment F{i} on TraceEvent {{ ...F{n} ...F{n} }}",
+            n = i + 1
+        ));
+    }
+    wide.push_str(" fragment F40 on TraceEvent { seq }");
+    for (id, query) in [("cyclic", cyclic), ("wide", wide.as_str())] {
+        let data = json!({ "query": query, "variables": { "t": trace_id } }).to_string();
+        rt.send(json!({ "id": id, "type": "start", "payload": { "data": data } }))
+            .await;
+        let frame = rt.next().await;
+        assert_eq!(frame["type"], "error", "{id}: {frame}");
+        assert_eq!(frame["id"], id);
+    }
+    // Still serving, on the same connection.
+    rt.start("fine", &trace_id, None).await;
+    assert_eq!(rt.next().await["type"], "start_ack");
     app.stop().await;
 }

@@ -47,7 +47,19 @@ pub async fn graphql_post(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    // Read first: an IAM signature covers the body.
+    let credentials = Headers::from_http(&headers);
+    // An IAM signature covers the body, so those requests are read first; every other caller
+    // is authenticated before tether reads a byte of what it sent.
+    let signed_v4 = credentials
+        .get("authorization")
+        .is_some_and(|a| a.starts_with("AWS4-HMAC-SHA256"));
+    let early = match signed_v4 {
+        true => None,
+        false => match app.auth.authenticate(&credentials, None).await {
+            Ok(identity) => Some(identity),
+            Err(denied) => return unauthorized(denied),
+        },
+    };
     let Ok(bytes) = to_bytes(body, app.limits.max_body_bytes).await else {
         return reject(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -58,17 +70,18 @@ pub async fn graphql_post(
             ),
         );
     };
-    let signed = Signed {
-        path: uri.path(),
-        body: &bytes,
-    };
-    let identity = match app
-        .auth
-        .authenticate(&Headers::from_http(&headers), Some(signed))
-        .await
-    {
-        Ok(identity) => identity,
-        Err(denied) => return unauthorized(denied),
+    let identity = match early {
+        Some(identity) => identity,
+        None => {
+            let signed = Signed {
+                path: uri.path(),
+                body: &bytes,
+            };
+            match app.auth.authenticate(&credentials, Some(signed)).await {
+                Ok(identity) => identity,
+                Err(denied) => return unauthorized(denied),
+            }
+        }
     };
     let batch: BatchRequest = match serde_json::from_slice(&bytes) {
         Ok(batch) => batch,

@@ -42,7 +42,7 @@ use tokio_stream::StreamMap;
 use super::ApiState;
 use super::auth::{Denied, Headers, Signed};
 use super::http::appsync_shape;
-use crate::domain::{Identity, Millis, now_millis};
+use crate::domain::{AuthMode, Identity, Millis, now_millis};
 use crate::schema::live::{Delivery, Live, Prepared};
 
 /// A client that has not taken a frame for this long is closed.
@@ -256,6 +256,8 @@ async fn serve(
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
             },
+            // Before deliveries: a busy subscription must not outrun its token's expiry.
+            _ = &mut next_expiry, if !conn.expiries.is_empty() => conn.expire(now_millis()),
             Some(started) = conn.pending.next(), if !conn.pending.is_empty() => {
                 if let Ok(started) = started {
                     conn.on_started(started);
@@ -266,7 +268,6 @@ async fn serve(
                 next_ka.as_mut().reset(Instant::now() + keepalive);
                 conn.text(json!({ "type": "ka" }));
             }
-            _ = &mut next_expiry, if !conn.expiries.is_empty() => conn.expire(now_millis()),
         }
         if conn.expiries_changed {
             conn.expiries_changed = false;
@@ -482,9 +483,16 @@ impl Conn {
         let own_auth = match payload.pointer("/extensions/authorization") {
             Some(object) if self.protocol == Protocol::AppSync => Some((
                 Headers::from_object(object),
-                data.unwrap_or_default().to_owned(),
+                data.map(str::to_owned),
                 self.gql_path.clone(),
             )),
+            // An IAM handshake's signature covers only `…/connect` and `{}`: anyone who saw it
+            // could replay it for minutes. Each start of such a connection signs its own
+            // request, as AppSync clients do.
+            _ if connection_identity.mode == AuthMode::Iam => {
+                let denied = Denied::Unauthorized;
+                return self.fail(&id, vec![error("UnauthorizedException", denied.message())]);
+            }
             _ => None,
         };
         self.generation += 1;
@@ -498,11 +506,12 @@ impl Conn {
             async move {
                 let identity = match own_auth {
                     Some((headers, body, path)) => {
-                        let signed = Signed {
+                        // Without `payload.data` there is no body an IAM signature covers.
+                        let signed = body.as_deref().map(|body| Signed {
                             path: &path,
                             body: body.as_bytes(),
-                        };
-                        auth.authenticate(&headers, Some(signed)).await
+                        });
+                        auth.authenticate(&headers, signed).await
                     }
                     None => Ok(connection_identity),
                 };
@@ -585,6 +594,9 @@ impl Conn {
     }
 
     fn on_delivery(&mut self, id: &str, delivery: Delivery) {
+        if self.expiries.get(id).is_some_and(|at| now_millis() >= *at) {
+            return self.expire(now_millis());
+        }
         match delivery {
             Delivery::Item(payload) => self.item(id, payload),
             Delivery::Overflow(payload) => {
@@ -636,7 +648,9 @@ impl Conn {
             .collect();
         for id in expired {
             self.expiries.remove(&id);
-            self.subs.remove(&id);
+            if self.subs.remove(&id).is_none() {
+                continue; // it had ended already
+            }
             let denied = Denied::Expired;
             self.fail(&id, vec![error("UnauthorizedException", denied.message())]);
             if self.protocol == Protocol::Legacy {

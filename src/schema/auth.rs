@@ -51,8 +51,8 @@ impl AuthRules {
         };
         for name in &doc.order {
             let def = &doc.types[name];
-            let allows = allows(&def.directives);
-            if !allows.is_empty() {
+            // `Some(vec![])` (only `@aws_lambda`) is a rule too: it admits no one here.
+            if let Some(allows) = allows_of(&def.directives) {
                 rules.types.insert(name.clone(), allows);
             }
             if let TypeKind::Object(o) = &def.kind {
@@ -119,10 +119,6 @@ fn allows_of(directives: &[Positioned<ConstDirective>]) -> Option<Vec<Allow>> {
     found.then_some(out)
 }
 
-fn allows(directives: &[Positioned<ConstDirective>]) -> Vec<Allow> {
-    allows_of(directives).unwrap_or_default()
-}
-
 /// Checks every resolved field of a query or mutation against [`AuthRules`].
 pub struct Enforce(pub Arc<AuthRules>);
 
@@ -185,7 +181,9 @@ mod tests {
               anyUser: Int @aws_cognito_user_pools
               lambda: Int @aws_lambda
               item: Item
+              lambdaThing: LambdaOnly
             }
+            type LambdaOnly @aws_lambda { x: Int }
             type Item @aws_api_key @aws_oidc {
               a: Int
               b: Int @aws_iam
@@ -217,6 +215,8 @@ mod tests {
         assert!(rules.allows("Item", "b", &iam));
         assert!(!rules.allows("Item", "b", &key));
         assert!(rules.allows("Item", "__typename", &iam));
+        // A type that names only a mode tether does not have admits no one, not the default.
+        assert!(!rules.allows("LambdaOnly", "x", &key));
         assert!(rules.allows("Query", "iamOnly", &who(AuthMode::Open, &[])));
     }
 }

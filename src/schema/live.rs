@@ -117,9 +117,20 @@ impl LiveSchema {
             variables: &variables,
             auth: Some((&self.rules, who)),
             refused: Default::default(),
+            expanding: Default::default(),
+            visited: Default::default(),
         };
         let mut roots = Vec::new();
         ctx.selection(root, selection, &mut roots);
+        if ctx.too_big() {
+            return Err(vec![ServerError::new(
+                format!(
+                    "the subscription's selection expands to more than {MAX_SELECTED_FIELDS} \
+                     fields, or spreads a fragment inside itself"
+                ),
+                Some(operation.selection_set.pos),
+            )]);
+        }
         if let Some((field, ty)) = ctx.refused.into_inner() {
             let error = AuthRules::refusal(&field, &ty);
             return Err(vec![error.into_server_error(operation.selection_set.pos)]);
@@ -316,6 +327,21 @@ struct Compile<'a> {
     auth: Option<(&'a AuthRules, &'a Identity)>,
     /// The first field the caller may not read, and its type.
     refused: std::cell::RefCell<Option<(String, String)>>,
+    /// Fragments being expanded (a cycle is refused, not followed) and how many fields have
+    /// been visited: this runs before async-graphql's validation, on hostile documents too.
+    expanding: std::cell::RefCell<Vec<Name>>,
+    visited: std::cell::Cell<usize>,
+}
+
+/// Most selections (fields and fragment spreads) a subscription may expand to.
+const MAX_SELECTED_FIELDS: usize = 2_000;
+
+impl Compile<'_> {
+    /// The selection expanded to more than [`MAX_SELECTED_FIELDS`] or spread a fragment
+    /// inside itself.
+    fn too_big(&self) -> bool {
+        self.visited.get() > MAX_SELECTED_FIELDS
+    }
 }
 
 impl Compile<'_> {
@@ -323,9 +349,15 @@ impl Compile<'_> {
     /// selected twice under one key.
     fn selection(&self, ty: &str, set: &SelectionSet, out: &mut Vec<Node>) {
         for item in &set.items {
+            if self.too_big() {
+                return;
+            }
             if self.skipped(item.node.directives()) {
                 continue;
             }
+            // Fields and spreads alike: a chain of fragments that each spread the next twice
+            // would otherwise cost 2^n.
+            self.visited.set(self.visited.get() + 1);
             match &item.node {
                 Selection::Field(f) => {
                     let f = &f.node;
@@ -337,13 +369,15 @@ impl Compile<'_> {
                             source: Source::Typename(ty.into()),
                         }
                     } else {
+                        let def = self.doc.object_fields(ty).find(|d| d.name.node == name);
+                        // Unknown fields are left to validation, which names them.
                         if let Some((rules, who)) = self.auth
+                            && def.is_some()
                             && !rules.allows(ty, name, who)
                         {
                             let mut refused = self.refused.borrow_mut();
                             refused.get_or_insert_with(|| (name.to_owned(), ty.to_owned()));
                         }
-                        let def = self.doc.object_fields(ty).find(|d| d.name.node == name);
                         let child = def.map(|d| super::base_name(&d.ty.node).to_string());
                         let non_null = def
                             .filter(|d| !d.ty.node.nullable)
@@ -366,8 +400,16 @@ impl Compile<'_> {
                     merge(out, node);
                 }
                 Selection::FragmentSpread(spread) => {
-                    if let Some(fragment) = self.fragments.get(&spread.node.fragment_name.node) {
+                    let name = &spread.node.fragment_name.node;
+                    if self.expanding.borrow().contains(name) {
+                        // A cycle: validation refuses the document; stop expanding it.
+                        self.visited.set(MAX_SELECTED_FIELDS + 1);
+                        return;
+                    }
+                    if let Some(fragment) = self.fragments.get(name) {
+                        self.expanding.borrow_mut().push(name.clone());
                         self.selection(ty, &fragment.node.selection_set.node, out);
+                        self.expanding.borrow_mut().pop();
                     }
                 }
                 Selection::InlineFragment(inline) => {
@@ -432,6 +474,8 @@ mod tests {
             variables: &variables,
             auth: None,
             refused: Default::default(),
+            expanding: Default::default(),
+            visited: Default::default(),
         };
         let mut roots = Vec::new();
         ctx.selection("Subscription", selection, &mut roots);
@@ -500,6 +544,38 @@ mod tests {
             message.contains("non-nullable type: 'component' within parent 'TraceEvent'"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn fragment_cycles_and_exponential_spreads_stop_the_compile() {
+        let doc = SchemaDoc::parse(super::super::DEFAULT_SDL).unwrap();
+        let cyclic = "subscription { onTraceEvent(traceId: \"t\") { ...A } } \
+                      fragment A on TraceEvent { seq ...B } fragment B on TraceEvent { ...A }";
+        let mut wide = String::from("subscription { onTraceEvent(traceId: \"t\") { ...F0 } }");
+        for i in 0..30 {
+            wide.push_str(&format!(
+                " fragment F{i} on TraceEvent {{ ...F{n} ...F{n} }}",
+                n = i + 1
+            ));
+        }
+        wide.push_str(" fragment F30 on TraceEvent { seq }");
+        for query in [cyclic, wide.as_str()] {
+            let document = async_graphql::parser::parse_query(query).unwrap();
+            let operation = subscription(&document, None).unwrap();
+            let variables = Variables::default();
+            let ctx = Compile {
+                doc: &doc,
+                fragments: &document.fragments,
+                variables: &variables,
+                auth: None,
+                refused: Default::default(),
+                expanding: Default::default(),
+                visited: Default::default(),
+            };
+            let mut roots = Vec::new();
+            ctx.selection("Subscription", &operation.selection_set.node, &mut roots);
+            assert!(ctx.too_big(), "{query}");
+        }
     }
 
     #[test]

@@ -107,7 +107,8 @@ impl JwtProvider {
 
     /// Reads the keys once at start, so a wrong file or URL shows up in the log right away.
     pub async fn preload(&self) -> Result<(), JwtError> {
-        self.jwks.refresh(true).await
+        let mut reads = self.jwks.reads.lock().await;
+        self.jwks.load(&mut reads).await
     }
 
     /// Verifies a token already split by [`Token::parse`] and known to name this issuer.
@@ -336,6 +337,29 @@ struct KeySet {
     /// Keys without a `kid`, used only when the set holds exactly one key.
     anonymous: Vec<Arc<Jwk>>,
     loaded_at: Option<Instant>,
+}
+
+impl KeySet {
+    fn find(&self, kid: Option<&str>) -> Option<Arc<Jwk>> {
+        match kid {
+            Some(kid) => self.keys.get(kid).cloned(),
+            None if self.keys.len() + self.anonymous.len() == 1 => self
+                .anonymous
+                .first()
+                .or_else(|| self.keys.values().next())
+                .cloned(),
+            None => None,
+        }
+    }
+
+    fn fresh(&self) -> bool {
+        self.loaded_at.is_some_and(|t| t.elapsed() < MAX_AGE)
+    }
+}
+
+/// The bookkeeping of reads of the provider, under the one-read-at-a-time lock.
+#[derive(Default)]
+struct Reads {
     /// The last read caused by an unknown key id (those are rate-limited).
     missed_at: Option<Instant>,
     /// The last read that failed: for a few seconds after, callers get the error at once
@@ -345,104 +369,98 @@ struct KeySet {
 
 struct Jwks {
     source: JwksSource,
-    /// One refresh at a time; readers wait for it rather than all fetching.
-    set: Mutex<KeySet>,
+    /// The keys in use. Verifying takes a snapshot and never waits for a read.
+    set: std::sync::RwLock<Arc<KeySet>>,
+    /// One read of the provider at a time.
+    reads: Mutex<Reads>,
 }
 
 impl Jwks {
     fn new(source: JwksSource) -> Self {
         Self {
             source,
-            set: Mutex::new(KeySet::default()),
+            set: std::sync::RwLock::new(Arc::new(KeySet::default())),
+            reads: Mutex::new(Reads::default()),
         }
+    }
+
+    fn snapshot(&self) -> Arc<KeySet> {
+        self.set.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     async fn key(&self, kid: Option<&str>, alg: &str) -> Result<Arc<Jwk>, JwtError> {
         if !matches!(alg, "RS256" | "RS384" | "RS512" | "ES256" | "ES384") {
             return Err(JwtError::Algorithm);
         }
-        let stale = {
-            let set = self.set.lock().await;
-            if set.loaded_at.is_some_and(|t| t.elapsed() < MAX_AGE)
-                && let Some(key) = Self::find(&set, kid)
+        let set = self.snapshot();
+        if let Some(key) = set.find(kid) {
+            if !set.fresh()
+                && let Ok(mut reads) = self.reads.try_lock()
             {
-                return Ok(key);
+                // Old keys still verify; the caller that got the lock renews them (a failure
+                // keeps the old set), nobody else waits for it.
+                let _ = self.load(&mut reads).await;
             }
-            set.loaded_at.is_none_or(|t| t.elapsed() >= MAX_AGE)
-        };
-        // An unknown key id (rotation) or an old set: read the keys again, rate-limited.
-        if let Err(e) = self.refresh(stale).await {
-            let set = self.set.lock().await;
-            return Self::find(&set, kid).ok_or(e);
+            return Ok(key);
         }
-        let set = self.set.lock().await;
-        Self::find(&set, kid).ok_or(JwtError::UnknownKey)
-    }
-
-    fn find(set: &KeySet, kid: Option<&str>) -> Option<Arc<Jwk>> {
-        match kid {
-            Some(kid) => set.keys.get(kid).cloned(),
-            None if set.keys.len() + set.anonymous.len() == 1 => set
-                .anonymous
-                .first()
-                .or_else(|| set.keys.values().next())
-                .cloned(),
-            None => None,
+        // A key id the set does not hold (rotation), or no set yet: read the provider, one
+        // caller at a time; the others find the new set when they get the lock.
+        let mut reads = self.reads.lock().await;
+        let set = self.snapshot();
+        if let Some(key) = set.find(kid) {
+            return Ok(key);
         }
-    }
-
-    /// Reads the keys. A read for an unknown key id (`force` false) happens at most once per
-    /// [`REFRESH_MIN_INTERVAL`], so tokens with made-up key ids cannot make tether hammer the
-    /// provider; a set never loaded or too old is always read.
-    async fn refresh(&self, force: bool) -> Result<(), JwtError> {
-        let mut set = self.set.lock().await;
-        if force && set.loaded_at.is_some_and(|t| t.elapsed() < MAX_AGE) {
-            return Ok(()); // another caller read it while this one waited
-        }
-        if let Some((at, error)) = &set.failed
-            && at.elapsed() < FAILURE_BACKOFF
-        {
-            return Err(JwtError::Jwks(error.clone()));
-        }
-        if !force {
-            if set
+        if set.fresh() {
+            if reads
                 .missed_at
                 .is_some_and(|t| t.elapsed() < REFRESH_MIN_INTERVAL)
             {
                 return Err(JwtError::UnknownKey);
             }
-            set.missed_at = Some(Instant::now());
+            reads.missed_at = Some(Instant::now());
+        }
+        self.load(&mut reads).await?;
+        self.snapshot().find(kid).ok_or(JwtError::UnknownKey)
+    }
+
+    /// Reads the provider's keys and makes them the set in use.
+    async fn load(&self, reads: &mut Reads) -> Result<(), JwtError> {
+        if let Some((at, error)) = &reads.failed
+            && at.elapsed() < FAILURE_BACKOFF
+        {
+            return Err(JwtError::Jwks(error.clone()));
         }
         let document = match self.fetch().await {
             Ok(document) => document,
             Err(e) => {
-                set.failed = Some((Instant::now(), e.clone()));
+                reads.failed = Some((Instant::now(), e.clone()));
                 return Err(JwtError::Jwks(e));
             }
         };
-        set.failed = None;
+        reads.failed = None;
         let keys = document
             .get("keys")
             .and_then(Value::as_array)
             .ok_or_else(|| JwtError::Jwks("the JWKS has no `keys` array".into()))?;
-        let (mut by_kid, mut anonymous) = (HashMap::new(), Vec::new());
+        let mut set = KeySet {
+            loaded_at: Some(Instant::now()),
+            ..KeySet::default()
+        };
         for k in keys {
             let Some(jwk) = Jwk::parse(k) else { continue };
             match k.get("kid").and_then(Value::as_str) {
                 Some(kid) => {
-                    by_kid.insert(kid.to_owned(), Arc::new(jwk));
+                    set.keys.insert(kid.to_owned(), Arc::new(jwk));
                 }
-                None => anonymous.push(Arc::new(jwk)),
+                None => set.anonymous.push(Arc::new(jwk)),
             }
         }
-        if by_kid.is_empty() && anonymous.is_empty() {
+        if set.keys.is_empty() && set.anonymous.is_empty() {
             return Err(JwtError::Jwks(
                 "the JWKS holds no usable signing key".into(),
             ));
         }
-        set.keys = by_kid;
-        set.anonymous = anonymous;
-        set.loaded_at = Some(Instant::now());
+        *self.set.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
         Ok(())
     }
 
@@ -488,6 +506,9 @@ async fn get_json(url: &str) -> Result<Value, String> {
         .map_err(|e| format!("GET {url}: {e}"))?;
     if !response.status().is_success() {
         return Err(format!("GET {url}: HTTP {}", response.status()));
+    }
+    if response.content_length().is_some_and(|n| n > 1 << 20) {
+        return Err(format!("GET {url}: the document exceeds 1 MiB"));
     }
     let body = response
         .bytes()

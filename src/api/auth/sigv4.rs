@@ -143,8 +143,12 @@ impl SigV4 {
         }
         let mut canonical = format!("POST\n{}\n\n", canonical_uri(path));
         for name in &names {
-            let value = headers.get(name).ok_or(SigError::Malformed)?;
-            let _ = writeln!(canonical, "{name}:{}", canonical_value(value));
+            // A header sent twice is signed as its values joined by commas, as AWS does.
+            let values: Vec<String> = headers.get_all(name).map(canonical_value).collect();
+            if values.is_empty() {
+                return Err(SigError::Malformed);
+            }
+            let _ = writeln!(canonical, "{name}:{}", values.join(","));
         }
         let _ = write!(canonical, "\n{signed_headers}\n{payload_hash}");
 
@@ -290,6 +294,13 @@ mod tests {
         assert_eq!(
             other_region.verify(&headers, "/graphql", body, at(date)),
             Err(SigError::Scope)
+        );
+        let mut doubled = headers.clone();
+        doubled.push("content-type", "text/plain");
+        assert_eq!(
+            v.verify(&doubled, "/graphql", body, at(date)),
+            Err(SigError::Mismatch),
+            "a second value of a signed header changes what was signed"
         );
         let mut tampered = headers.clone();
         tampered.set("host", "evil.example.com");
