@@ -24,8 +24,8 @@
 //!   its trace, read the history to catch up, and wait for the `TransactionManager` `SUCCESS`
 //!   event; latency is from sending the mutation to first seeing that event.
 //! * **Idle subscriptions** (e): on a fresh server, N WebSocket connections each with one
-//!   `onTraceEvent` subscription to the same trace; RSS delta / N, then one admin publish and
-//!   the time until every subscriber has it.
+//!   `onTraceEvent` subscription to the same trace; RSS delta / N, then one SigV4-signed
+//!   publish and the time until every subscriber has it.
 //!
 //! Next to the figures, a few diagnostics: the CPU cores the server and the benchmark used
 //! during the accepts (from `/proc/<pid>/stat`), the server's own accepted → SUCCESS time
@@ -67,6 +67,9 @@ mod pg;
 
 const USER_KEY: &str = "alice-key";
 const ADMIN_KEY: &str = "ops-key";
+/// The IAM key the bench's servers trust; `publishTraceEvent` is signed with it (SigV4).
+const IAM_AKID: &str = "AKIDTETHERBENCH";
+const IAM_SECRET: &str = "tether-bench-secret";
 const PROTOCOL: &str = "graphql-transport-ws";
 
 const CREATE_ORDER: &str =
@@ -297,6 +300,72 @@ fn order_input(customer: &str) -> Value {
 }
 
 /// One GraphQL request over HTTP: the `data` object, or a short description of the failure.
+/// A GraphQL request signed with SigV4 (service `appsync`) by `aws-sigv4`, as a worker sends
+/// `publishTraceEvent`.
+async fn gql_signed(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    query: &str,
+    variables: Value,
+) -> Result<Value, String> {
+    use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+    let url = format!("http://{addr}/graphql");
+    let body = json!({ "query": query, "variables": variables }).to_string();
+    let host = addr.to_string();
+    let headers = [
+        ("content-type", "application/json"),
+        ("host", host.as_str()),
+    ];
+    let identity =
+        aws_credential_types::Credentials::new(IAM_AKID, IAM_SECRET, None, None, "bench").into();
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region("us-east-1")
+        .name("appsync")
+        .time(std::time::SystemTime::now())
+        .settings(SigningSettings::default())
+        .build()
+        .map_err(|e| e.to_string())?
+        .into();
+    let signable = SignableRequest::new(
+        "POST",
+        &url,
+        headers.into_iter(),
+        SignableBody::Bytes(body.as_bytes()),
+    )
+    .map_err(|e| e.to_string())?;
+    let (instructions, _) = sign(signable, &params)
+        .map_err(|e| e.to_string())?
+        .into_parts();
+    let mut request = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(body.clone());
+    for h in instructions.into_parts().0 {
+        request = request.header(h.name(), h.value());
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|e| format!("transport: {}", e.without_url()))?;
+    let status = response.status();
+    let body: Value = response
+        .json()
+        .await
+        .map_err(|e| format!("http {status}: unreadable body: {}", e.without_url()))?;
+    match body
+        .get("errors")
+        .and_then(Value::as_array)
+        .and_then(|e| e.first())
+    {
+        Some(error) => Err(format!("http {status}: {error}")),
+        None => body
+            .get("data")
+            .cloned()
+            .ok_or_else(|| format!("http {status}: no data")),
+    }
+}
+
 async fn gql(
     client: &reqwest::Client,
     addr: SocketAddr,
@@ -445,6 +514,9 @@ fn spawn_tether_with(
         .args(args)
         .args(["--api-keys", "alice:alice-key"])
         .args(["--admin-api-keys", "ops:ops-key"])
+        // Publishing trace events is `@aws_iam`: the bench signs it like a worker would.
+        .args(["--auth-additional", "AWS_IAM"])
+        .args(["--iam-keys", &format!("bench:{IAM_AKID}:{IAM_SECRET}")])
         .env_remove("RUST_LOG")
         .env_remove("DATABASE_URL")
         .stdin(Stdio::null())
@@ -1513,14 +1585,14 @@ async fn run_subscriptions(server: &Server, opts: &Opts) -> anyhow::Result<SubsR
     sleep(Duration::from_secs(1)).await;
     let rss_after_kib = server.rss_kib();
 
-    // One admin publish; every subscriber should get it.
+    // One IAM-signed publish; every subscriber should get it.
     let publish_errors = Errors::default();
     let event = json!({
         "traceId": &*trace_id, "seq": PUBLISHED_SEQ, "component": "Bench", "status": "SUCCESS",
         "timestamp": "2026-01-01T00:00:00.000Z", "state": "SUCCEEDED",
     });
     let published_at = Instant::now();
-    if let Err(e) = gql(&client, addr, ADMIN_KEY, PUBLISH, json!({ "e": event })).await {
+    if let Err(e) = gql_signed(&client, addr, PUBLISH, json!({ "e": event })).await {
         publish_errors.add(format!("publishTraceEvent: {e}"));
     }
     let receive_deadline = Instant::now() + Duration::from_secs(60);
@@ -1958,7 +2030,7 @@ impl Report {
                  `onTraceEvent` subscription; registration confirmed by `/health` \
                  `subscribers`; VmRSS read 1 s later. Per subscription = RSS delta ÷ \
                  registered (each includes its own connection). Then one \
-                 `publishTraceEvent` with the admin key; delivery time = publish sent → \
+                 `publishTraceEvent` signed with SigV4; delivery time = publish sent → \
                  frame read by each subscriber task.",
                 opts.subscriptions, opts.open_concurrency
             ),
