@@ -66,7 +66,6 @@ use tokio_util::sync::CancellationToken;
 mod pg;
 
 const USER_KEY: &str = "alice-key";
-const ADMIN_KEY: &str = "ops-key";
 /// The IAM key the bench's servers trust; `publishTraceEvent` is signed with it (SigV4).
 const IAM_AKID: &str = "AKIDTETHERBENCH";
 const IAM_SECRET: &str = "tether-bench-secret";
@@ -513,7 +512,6 @@ fn spawn_tether_with(
     let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
         .args(args)
         .args(["--api-keys", "alice:alice-key"])
-        .args(["--admin-api-keys", "ops:ops-key"])
         // Publishing trace events is `@aws_iam`: the bench signs it like a worker would.
         .args(["--auth-additional", "AWS_IAM"])
         .args(["--iam-keys", &format!("bench:{IAM_AKID}:{IAM_SECRET}")])
