@@ -111,15 +111,12 @@ impl LiveSchema {
         // The selection compiled first: a caller whose mode may not read a selected field is
         // refused before any resolver runs.
         let root = self.doc.subscription.as_deref().unwrap_or("Subscription");
-        let ctx = Compile {
-            doc: &self.doc,
-            fragments: &document.fragments,
-            variables: &variables,
-            auth: Some((&self.rules, who)),
-            refused: Default::default(),
-            expanding: Default::default(),
-            visited: Default::default(),
-        };
+        let ctx = Compile::new(
+            &self.doc,
+            &document.fragments,
+            &variables,
+            Some((&self.rules, who)),
+        );
         let mut roots = Vec::new();
         ctx.selection(root, selection, &mut roots);
         if ctx.too_big() {
@@ -336,7 +333,24 @@ struct Compile<'a> {
 /// Most selections (fields and fragment spreads) a subscription may expand to.
 const MAX_SELECTED_FIELDS: usize = 2_000;
 
-impl Compile<'_> {
+impl<'a> Compile<'a> {
+    fn new(
+        doc: &'a SchemaDoc,
+        fragments: &'a HashMap<Name, Positioned<FragmentDefinition>>,
+        variables: &'a Variables,
+        auth: Option<(&'a AuthRules, &'a Identity)>,
+    ) -> Self {
+        Self {
+            doc,
+            fragments,
+            variables,
+            auth,
+            refused: Default::default(),
+            expanding: Default::default(),
+            visited: Default::default(),
+        }
+    }
+
     /// The selection expanded to more than [`MAX_SELECTED_FIELDS`] or spread a fragment
     /// inside itself.
     fn too_big(&self) -> bool {
@@ -468,15 +482,7 @@ mod tests {
         let operation = subscription(&document, None).unwrap();
         let selection = &operation.selection_set.node;
         let variables = with_defaults(operation, &Variables::from_json(variables));
-        let ctx = Compile {
-            doc: &doc,
-            fragments: &document.fragments,
-            variables: &variables,
-            auth: None,
-            refused: Default::default(),
-            expanding: Default::default(),
-            visited: Default::default(),
-        };
+        let ctx = Compile::new(&doc, &document.fragments, &variables, None);
         let mut roots = Vec::new();
         ctx.selection("Subscription", selection, &mut roots);
         let root = roots.into_iter().next().unwrap();
@@ -563,15 +569,7 @@ mod tests {
             let document = async_graphql::parser::parse_query(query).unwrap();
             let operation = subscription(&document, None).unwrap();
             let variables = Variables::default();
-            let ctx = Compile {
-                doc: &doc,
-                fragments: &document.fragments,
-                variables: &variables,
-                auth: None,
-                refused: Default::default(),
-                expanding: Default::default(),
-                visited: Default::default(),
-            };
+            let ctx = Compile::new(&doc, &document.fragments, &variables, None);
             let mut roots = Vec::new();
             ctx.selection("Subscription", &operation.selection_set.node, &mut roots);
             assert!(ctx.too_big(), "{query}");
