@@ -17,7 +17,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::routing::get;
 
-pub use auth::{API_KEY_HEADER, Authenticator, Denied, Headers, Signed, generate_key};
+pub use auth::{API_KEY_HEADER, Authenticator, generate_key};
 
 use crate::hub::Hub;
 use crate::pipeline::Stats;

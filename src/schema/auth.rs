@@ -88,11 +88,6 @@ impl AuthRules {
             }),
         }
     }
-
-    /// The error for a refused field.
-    pub fn refusal(field: &str, type_name: &str) -> async_graphql::Error {
-        errors::unauthorized(field, type_name)
-    }
 }
 
 /// The auth directives among `directives`; `None` when there are none (an empty list means
@@ -145,7 +140,7 @@ impl Extension for EnforceExt {
                 .data_opt::<Identity>()
                 .is_some_and(|who| self.0.allows(info.parent_type, info.name, who));
             if !allowed {
-                return Err(AuthRules::refusal(info.name, info.parent_type)
+                return Err(errors::unauthorized(info.name, info.parent_type)
                     .into_server_error(info.field.name.pos));
             }
         }

@@ -129,7 +129,7 @@ impl LiveSchema {
             )]);
         }
         if let Some((field, ty)) = ctx.refused.into_inner() {
-            let error = AuthRules::refusal(&field, &ty);
+            let error = super::errors::unauthorized(&field, &ty);
             return Err(vec![error.into_server_error(operation.selection_set.pos)]);
         }
         let slot = Arc::new(Slot::default());

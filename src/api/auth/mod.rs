@@ -101,6 +101,7 @@ impl Headers {
         self.0.push((name.to_ascii_lowercase(), value.into()));
     }
 
+    #[cfg(test)]
     pub fn set(&mut self, name: &str, value: impl Into<String>) {
         self.0.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
         self.push(name, value);
@@ -164,6 +165,7 @@ impl Authenticator {
     }
 
     /// API keys only (the default mode `API_KEY`).
+    #[cfg(test)]
     pub fn with_keys(keys: impl IntoIterator<Item = (String, Principal)>) -> Self {
         Self {
             modes: vec![AuthMode::ApiKey],
@@ -244,16 +246,7 @@ impl Authenticator {
         headers: &Headers,
         signed: Option<Signed<'_>>,
     ) -> Result<Identity, Denied> {
-        self.authenticate_at(headers, signed, crate::domain::now_millis())
-            .await
-    }
-
-    pub async fn authenticate_at(
-        &self,
-        headers: &Headers,
-        signed: Option<Signed<'_>>,
-        now: Millis,
-    ) -> Result<Identity, Denied> {
+        let now = crate::domain::now_millis();
         if self.open {
             return Ok(Identity::new(
                 Principal {
