@@ -17,12 +17,13 @@ use crate::api::auth::jwt::{JwksSource, JwtProvider};
 use crate::api::auth::sigv4::SigV4;
 use crate::api::{self, ApiState, Authenticator, TransportLimits};
 use crate::bus::EventBus;
-use crate::config::{Config, Role};
+use crate::config::{Config, QueueKind, Role};
 use crate::domain::{AuthMode, Principal};
 use crate::hub::Hub;
 use crate::pipeline::command_api::CommandApi;
 use crate::pipeline::{ExecutorConfig, Pipeline, Registry, RetryPolicy, Stats};
-use crate::ports::Store;
+use crate::ports::{CommandQueue, Publisher, Store};
+use crate::queue::{SqsCommandQueue, SqsPublisher, sqs};
 use crate::schema::{self, AuthRules, Limits, SchemaDoc, Services};
 use crate::store::{PgStore, SqliteStore};
 
@@ -53,6 +54,15 @@ impl Application {
                 "separate API and worker processes need PostgreSQL (DATABASE_URL=postgres://…); \
                  on SQLite, one `tether serve` runs both"
             );
+        }
+        let sqs = config.queue == QueueKind::Sqs;
+        if sqs && !shared {
+            anyhow::bail!(
+                "the SQS command queue (--queue sqs) needs PostgreSQL (DATABASE_URL=postgres://…)"
+            );
+        }
+        if sqs && config.sqs_command_queue_url.is_none() {
+            anyhow::bail!("--queue sqs needs the command queue's URL (TETHER_SQS_COMMAND_QUEUE_URL)");
         }
         let sdl = match &config.schema {
             Some(path) => std::fs::read_to_string(path)
@@ -101,9 +111,10 @@ impl Application {
         })?;
 
         let bus = EventBus::new(4096);
+        let (queue, publisher) = queues(&config, &bus).await;
         let pipeline = Pipeline::new(
             store.clone(),
-            Arc::new(bus.clone()),
+            publisher,
             registry,
             ExecutorConfig {
                 workers: config.workers,
@@ -120,14 +131,22 @@ impl Application {
                 },
                 fault_injection: config.fault_injection,
                 idempotency_retention_ms: config.idempotency_hours * 3_600_000,
+                max_payload_bytes: config.max_payload_bytes,
+                redispatch_ms: config.sqs_redispatch_ms,
+                default_owner: config.sqs_default_owner.clone(),
             },
             wake,
         );
+        let pipeline = match &queue {
+            Some(queue) => pipeline.with_queue(queue.clone()),
+            None => pipeline,
+        };
         let shutdown = CancellationToken::new();
         let (tasks, attempts) = (TaskTracker::new(), TaskTracker::new());
         if config.role.executes() {
             pipeline.spawn(&shutdown, &tasks, &attempts);
         }
+        pipeline.spawn_dispatcher(&shutdown, &tasks);
 
         let router = api::router(ApiState {
             live: schema::LiveSchema::new(schema.clone(), doc, hub.clone(), rules),
@@ -259,7 +278,15 @@ async fn open_store(
     let url = config.database_url.as_str();
     if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         return Ok(Arc::new(
-            PgStore::open(url, hub, wake, config.accept_queue, config.db_pool_size).await?,
+            PgStore::open(
+                url,
+                hub,
+                wake,
+                config.accept_queue,
+                config.db_pool_size,
+                config.queue == QueueKind::Sqs,
+            )
+            .await?,
         ));
     }
     if !url.starts_with("sqlite:") {
@@ -270,6 +297,43 @@ async fn open_store(
     Ok(Arc::new(
         SqliteStore::open(url, hub, config.accept_queue).await?,
     ))
+}
+
+/// The command queue (SQS mode) and where side-effect events go: the SQS event queue when one
+/// is configured, else the in-process bus.
+async fn queues(
+    config: &Config,
+    bus: &EventBus,
+) -> (Option<Arc<dyn CommandQueue>>, Arc<dyn Publisher>) {
+    let sqs = config.queue == QueueKind::Sqs;
+    if !sqs && config.sqs_event_queue_url.is_none() {
+        return (None, Arc::new(bus.clone()));
+    }
+    let client = sqs::client(config.aws_region.clone(), config.aws_endpoint_url.clone()).await;
+    let queue: Option<Arc<dyn CommandQueue>> = match (&config.sqs_command_queue_url, sqs) {
+        (Some(url), true) => {
+            let queue = Arc::new(SqsCommandQueue::new(
+                client.clone(),
+                url.clone(),
+                config.sqs_wait_seconds,
+            ));
+            // Accepts do not need SQS (the dispatch outbox waits), so this only warns, and
+            // does not hold up the start.
+            let probe = queue.clone();
+            tokio::spawn(async move {
+                if let Err(e) = probe.check().await {
+                    tracing::warn!(error = %e, "the SQS command queue does not answer yet");
+                }
+            });
+            Some(queue)
+        }
+        _ => None,
+    };
+    let publisher: Arc<dyn Publisher> = match &config.sqs_event_queue_url {
+        Some(url) => Arc::new(SqsPublisher::new(client, url.clone())),
+        None => Arc::new(bus.clone()),
+    };
+    (queue, publisher)
 }
 
 /// The authorization modes from the configuration. In embedded mode with `API_KEY` enabled

@@ -83,6 +83,15 @@ impl Role {
     }
 }
 
+/// Where accepted commands wait for a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum QueueKind {
+    /// The `commands` table (`FOR UPDATE SKIP LOCKED` on PostgreSQL).
+    Db,
+    /// Amazon SQS, fed from a dispatch outbox.
+    Sqs,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// What this process runs.
@@ -192,6 +201,34 @@ pub struct Config {
     /// AWS_IAM: the region signatures must be scoped to.
     #[arg(long, env = "TETHER_IAM_REGION", default_value = "us-east-1")]
     pub iam_region: String,
+
+    /// The command queue: `db`, the `commands` table itself, or `sqs`, Amazon SQS between the
+    /// API and the workers (needs PostgreSQL; the AWS SDK's usual settings apply: region,
+    /// credential chain, `AWS_ENDPOINT_URL`).
+    #[arg(long, env = "TETHER_QUEUE", value_enum, default_value = "db")]
+    pub queue: QueueKind,
+    /// The SQS command queue (with `--queue sqs`).
+    #[arg(long, env = "TETHER_SQS_COMMAND_QUEUE_URL")]
+    pub sqs_command_queue_url: Option<String>,
+    /// The SQS queue side-effect events are published to. Without it they stay in-process.
+    #[arg(long, env = "TETHER_SQS_EVENT_QUEUE_URL")]
+    pub sqs_event_queue_url: Option<String>,
+    /// Long-poll wait of one receive on the command queue (SQS allows 0 to 20 s).
+    #[arg(long, env = "TETHER_SQS_WAIT_SECONDS", default_value_t = 20)]
+    pub sqs_wait_seconds: i32,
+    /// A command left due this long gets a new message: the safety net for a message the
+    /// queue lost or moved to its own dead-letter queue.
+    #[arg(long, env = "TETHER_SQS_REDISPATCH_MS", default_value_t = 600_000)]
+    pub sqs_redispatch_ms: i64,
+    /// Owner of commands that foreign producers put on the queue without an `owner`.
+    #[arg(long, env = "TETHER_SQS_DEFAULT_OWNER", default_value = "sqs")]
+    pub sqs_default_owner: String,
+    /// An AWS endpoint to use instead of AWS's (an emulator, a VPC endpoint).
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    pub aws_endpoint_url: Option<String>,
+    /// The AWS region; without it the SDK's chain decides (`AWS_REGION`, the profile).
+    #[arg(long, env = "AWS_REGION")]
+    pub aws_region: Option<String>,
 
     /// Honour the `faults` input of commands (tests and demos).
     #[arg(long, env = "TETHER_FAULT_INJECTION")]

@@ -46,6 +46,7 @@ pub mod domain;
 pub mod hub;
 pub mod pipeline;
 pub mod ports;
+pub mod queue;
 pub mod schema;
 pub mod store;
 

@@ -122,6 +122,50 @@ pub struct Failure {
     pub events: Vec<NewTraceEvent>,
 }
 
+/// Where a command named by a queue message stands (SQS mode): the command row decides what
+/// the message means, never the message alone.
+#[derive(Debug)]
+pub enum TraceClaim {
+    /// Claimed for a new attempt, counted like a table claim.
+    Claimed(Claim),
+    /// `SUCCEEDED`, `FAILED` or `DEAD_LETTERED`: nothing left to run.
+    Terminal,
+    /// Waiting for a retry due at this time.
+    NotDue(Millis),
+    /// Another attempt holds the lease until this time (a duplicate delivery).
+    Running(Millis),
+    /// An attempt whose lease ran out: its worker crashed or stalled. Counted like the
+    /// sweeper counts it before the trace runs again.
+    LeaseExpired(Claim),
+    /// No command row has this trace ID.
+    Missing,
+}
+
+/// A queue message that cannot become a command: kept as a dead letter (a permanent failure)
+/// so that it neither loops nor disappears.
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    pub trace_id: TraceId,
+    pub command_type: String,
+    pub owner: String,
+    /// The message body as received.
+    pub body: String,
+    pub error: String,
+    /// When the message named a trace ID that has no command yet, the trace is created as
+    /// `DEAD_LETTERED` with these events, so whoever follows it sees why.
+    pub trace_events: Option<Vec<NewTraceEvent>>,
+    pub announce: OutboxEvent,
+}
+
+/// A row of the dispatch outbox: a command waiting to be sent to the command queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dispatch {
+    pub trace_id: TraceId,
+    /// Written again when the trace needs another message; only the row that was sent is
+    /// deleted.
+    pub created_at: Millis,
+}
+
 /// Durable state and the command queue (the `commands` table).
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -177,6 +221,39 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets idempotency keys older than `older_than`.
     async fn expire_idempotency_keys(&self, older_than: Millis) -> Result<u64, StoreError>;
 
+    // --- SQS mode (PostgreSQL only; the embedded store refuses) ---------------------------
+    /// Claims the command of `trace_id` if it is runnable now; otherwise says where it stands.
+    async fn claim_trace(
+        &self,
+        _trace_id: TraceId,
+        _lease_ms: i64,
+        _picked: &str,
+    ) -> Result<TraceClaim, StoreError> {
+        Err(sqs_needs_postgres())
+    }
+    /// Stores a command a foreign producer sent straight to the queue, with its `ACCEPTED`
+    /// event, unless its trace exists already. True when it was created.
+    async fn adopt(&self, _command: NewCommand, _event: NewTraceEvent) -> Result<bool, StoreError> {
+        Err(sqs_needs_postgres())
+    }
+    /// Keeps a message that is not a valid command as a dead letter (idempotent by trace ID).
+    async fn reject(&self, _rejected: Rejected) -> Result<(), StoreError> {
+        Err(sqs_needs_postgres())
+    }
+    /// Takes up to `limit` rows of the dispatch outbox for a short while (like the outbox).
+    async fn unsent_dispatch(&self, _limit: usize) -> Result<Vec<Dispatch>, StoreError> {
+        Err(sqs_needs_postgres())
+    }
+    /// Deletes dispatch rows the command queue took.
+    async fn mark_dispatched(&self, _sent: &[Dispatch]) -> Result<(), StoreError> {
+        Err(sqs_needs_postgres())
+    }
+    /// The safety net for a message the queue lost (or moved to its own dead-letter queue):
+    /// commands due for longer than `older_than` get a new dispatch row. Returns how many.
+    async fn redispatch_stale(&self, _older_than: Millis, _limit: usize) -> Result<u64, StoreError> {
+        Err(sqs_needs_postgres())
+    }
+
     // --- EventEmitter -------------------------------------------------------------------
     async fn unsent_outbox(&self, limit: usize) -> Result<Vec<OutboxEvent>, StoreError>;
     /// Marks outbox rows sent and reports it on their traces.
@@ -196,6 +273,41 @@ pub trait Store: Send + Sync + 'static {
     fn wakeups_live(&self) -> bool {
         true
     }
+}
+
+fn sqs_needs_postgres() -> StoreError {
+    StoreError::Failed("the SQS command queue needs the PostgreSQL store".into())
+}
+
+/// A message taken from the command queue, with what it takes to settle it.
+#[derive(Debug, Clone)]
+pub struct QueueMessage {
+    pub id: String,
+    pub body: String,
+    /// Names this receipt of the message: visibility changes and the delete use it.
+    pub receipt: String,
+    /// How many times the queue has handed this message out (`ApproximateReceiveCount`).
+    pub receive_count: u32,
+}
+
+#[derive(Debug, Error)]
+#[error("command queue: {0}")]
+pub struct QueueError(pub String);
+
+/// The command queue between the CommandApi and the executor when it is not the `commands`
+/// table (Amazon SQS). Messages name a trace; the command row holds the truth.
+#[async_trait]
+pub trait CommandQueue: Send + Sync + 'static {
+    /// Sends one message per trace; returns the traces the queue took (the rest stay in the
+    /// dispatch outbox and are sent again later).
+    async fn send(&self, traces: &[TraceId]) -> Result<Vec<TraceId>, QueueError>;
+    /// Waits up to the queue's long-poll time for at most `max` messages, each hidden from
+    /// other receivers for `visibility_secs`.
+    async fn receive(&self, max: usize, visibility_secs: i32)
+    -> Result<Vec<QueueMessage>, QueueError>;
+    /// Hides the message for `secs` more seconds from now (0: visible again at once).
+    async fn set_visibility(&self, message: &QueueMessage, secs: i32) -> Result<(), QueueError>;
+    async fn delete(&self, message: &QueueMessage) -> Result<(), QueueError>;
 }
 
 /// Receives committed trace events in commit order (the hub).

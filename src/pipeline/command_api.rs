@@ -29,6 +29,35 @@ pub enum AcceptError {
     Store(#[from] StoreError),
 }
 
+/// The fail-fast checks of a command, wherever it comes from (a mutation, or a foreign
+/// producer's queue message): a handler exists, the payload fits, fault injection is allowed,
+/// and the handler's own validation passes. GraphQL types and AWS scalars are checked before.
+pub fn check(
+    registry: &Registry,
+    command_type: &str,
+    input: &Value,
+    max_payload_bytes: usize,
+    fault_injection: bool,
+) -> Result<(), ValidationError> {
+    let handler = registry.get(command_type).ok_or_else(|| {
+        ValidationError::new(format!("no handler is registered for `{command_type}`"))
+    })?;
+    let size = input.to_string().len();
+    if size > max_payload_bytes {
+        return Err(ValidationError::field(
+            "input",
+            format!("the command payload is {size} bytes; the limit is {max_payload_bytes}"),
+        ));
+    }
+    if !fault_injection && input.get("faults").is_some_and(|f| !f.is_null()) {
+        return Err(ValidationError::field(
+            "input.faults",
+            "fault injection is disabled on this server (start it with --fault-injection)",
+        ));
+    }
+    handler.validate(input)
+}
+
 #[derive(Clone)]
 pub struct CommandApi {
     store: Arc<dyn Store>,
@@ -64,9 +93,13 @@ impl CommandApi {
         input: Value,
         idempotency_key: Option<String>,
     ) -> Result<Accepted, AcceptError> {
-        let handler = self.registry.get(command_type).ok_or_else(|| {
-            ValidationError::new(format!("no handler is registered for `{command_type}`"))
-        })?;
+        check(
+            &self.registry,
+            command_type,
+            &input,
+            self.max_payload_bytes,
+            self.fault_injection,
+        )?;
         if let Some(key) = &idempotency_key
             && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY)
         {
@@ -76,25 +109,6 @@ impl CommandApi {
             )
             .into());
         }
-        let size = input.to_string().len();
-        if size > self.max_payload_bytes {
-            return Err(ValidationError::field(
-                "input",
-                format!(
-                    "the command payload is {size} bytes; the limit is {}",
-                    self.max_payload_bytes
-                ),
-            )
-            .into());
-        }
-        if !self.fault_injection && input.get("faults").is_some_and(|f| !f.is_null()) {
-            return Err(ValidationError::field(
-                "input.faults",
-                "fault injection is disabled on this server (start it with --fault-injection)",
-            )
-            .into());
-        }
-        handler.validate(&input)?;
         let accepted = self
             .store
             .accept(NewCommand {

@@ -1,6 +1,7 @@
 //! The executor: everything that happens to a command after the CommandApi stored it.
 //!
-//! * [`listener`]: TransactionListener — claims runnable commands, bounded by free slots.
+//! * [`listener`]: TransactionListener — claims runnable commands, bounded by free slots; or
+//!   [`queue_listener`], the same on a message queue (SQS), fed by the [`dispatcher`].
 //! * [`manager`]: TransactionManager — runs an attempt under a lease with a heartbeat.
 //! * [`builder`]: CommandBuilder — command type → handler (the registry).
 //! * the command itself ([`crate::ports::Invokable`]) runs inside the attempt's transaction;
@@ -13,11 +14,13 @@
 pub mod builder;
 pub mod collector;
 pub mod command_api;
+pub mod dispatcher;
 pub mod emitter;
 pub mod error_handler;
 pub mod faults;
 pub mod listener;
 pub mod manager;
+pub mod queue_listener;
 pub mod retry;
 pub mod sweeper;
 
@@ -33,7 +36,7 @@ pub use builder::Registry;
 use error_handler::ErrorHandler;
 pub use retry::RetryPolicy;
 
-use crate::ports::{Next, Publisher, Store};
+use crate::ports::{CommandQueue, Next, Publisher, Store};
 
 /// Executor settings (see `Config` for their defaults and flags).
 #[derive(Debug, Clone)]
@@ -50,6 +53,12 @@ pub struct ExecutorConfig {
     pub retry: RetryPolicy,
     pub fault_injection: bool,
     pub idempotency_retention_ms: i64,
+    /// Largest command payload (foreign producers' messages are checked like mutations).
+    pub max_payload_bytes: usize,
+    /// SQS mode: a command due this long without running gets a new message.
+    pub redispatch_ms: i64,
+    /// SQS mode: the owner of a foreign producer's command that names none.
+    pub default_owner: String,
 }
 
 /// Counters for `/health` and tests.
@@ -101,6 +110,8 @@ pub struct Pipeline {
     store: Arc<dyn Store>,
     publisher: Arc<dyn Publisher>,
     builder: Arc<Registry>,
+    /// The command queue when it is not the `commands` table (SQS mode).
+    queue: Option<Arc<dyn CommandQueue>>,
     error_handler: ErrorHandler,
     config: Arc<ExecutorConfig>,
     /// CommandApi → TransactionListener: new work was accepted (or a slot freed up).
@@ -122,12 +133,19 @@ impl Pipeline {
             store,
             publisher,
             builder: registry,
+            queue: None,
             error_handler: ErrorHandler::new(config.retry.clone()),
             config: Arc::new(config),
             wake,
             emitter_wake: Arc::new(Notify::new()),
             stats: Arc::new(Stats::default()),
         }
+    }
+
+    /// Takes commands from `queue` instead of the `commands` table.
+    pub fn with_queue(mut self, queue: Arc<dyn CommandQueue>) -> Self {
+        self.queue = Some(queue);
+        self
     }
 
     pub fn stats(&self) -> &Arc<Stats> {
@@ -152,7 +170,14 @@ impl Pipeline {
     /// Starts the listener, the sweeper and the emitter on `tasks`; attempts run on
     /// `attempts`, so shutdown can wait for them separately.
     pub fn spawn(&self, cancel: &CancellationToken, tasks: &TaskTracker, attempts: &TaskTracker) {
-        tasks.spawn(self.clone().listen(cancel.clone(), attempts.clone()));
+        match &self.queue {
+            Some(queue) => tasks.spawn(self.clone().listen_queue(
+                queue.clone(),
+                cancel.clone(),
+                attempts.clone(),
+            )),
+            None => tasks.spawn(self.clone().listen(cancel.clone(), attempts.clone())),
+        };
         tasks.spawn(self.clone().sweep(cancel.clone()));
         tasks.spawn(self.clone().emit(cancel.clone()));
     }

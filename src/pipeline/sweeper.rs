@@ -1,13 +1,14 @@
 //! The sweeper: finds attempts whose lease expired (their worker crashed or stalled), counts
 //! them as attempts and hands them to the ErrorHandler (retry or dead letter). It also forgets
-//! idempotency keys past their retention.
+//! idempotency keys past their retention, and in SQS mode re-sends the message of a command
+//! left due too long (the queue lost it, or moved it to its own dead-letter queue).
 
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use super::{Pipeline, Stats};
-use crate::domain::now_millis;
+use crate::domain::{Claim, now_millis};
 
 impl Pipeline {
     pub async fn sweep(self, cancel: CancellationToken) {
@@ -19,6 +20,7 @@ impl Pipeline {
                 _ = tokio::time::sleep(every) => {}
             }
             self.sweep_once().await;
+            self.redispatch().await;
             let now = now_millis();
             if now - last_key_expiry > 3_600_000 {
                 last_key_expiry = now;
@@ -46,19 +48,8 @@ impl Pipeline {
         };
         let mut taken = 0;
         for claim in expired {
-            let failure = self.error_handler.lease_expired(&claim);
-            let next = failure.next.clone();
-            match self.store.record_failure(&claim, failure).await {
-                Ok(true) => {
-                    taken += 1;
-                    Stats::bump(&self.stats.leases_expired);
-                    self.stats.count_failure(&next);
-                    tracing::warn!(trace.id = %claim.trace_id, attempt = claim.attempt, "lease expired; attempt counted");
-                }
-                Ok(false) => {} // the attempt finished meanwhile
-                Err(e) => {
-                    tracing::error!(trace.id = %claim.trace_id, error = %e, "could not take back a lease")
-                }
+            if self.take_back(&claim).await {
+                taken += 1;
             }
         }
         if taken > 0 {
@@ -66,5 +57,40 @@ impl Pipeline {
             self.emitter_wake.notify_one();
         }
         taken
+    }
+
+    /// Counts an attempt whose lease expired and asks the ErrorHandler what comes next.
+    /// False when the attempt finished (or was taken back) meanwhile.
+    pub(super) async fn take_back(&self, claim: &Claim) -> bool {
+        let failure = self.error_handler.lease_expired(claim);
+        let next = failure.next.clone();
+        match self.store.record_failure(claim, failure).await {
+            Ok(true) => {
+                Stats::bump(&self.stats.leases_expired);
+                self.stats.count_failure(&next);
+                tracing::warn!(trace.id = %claim.trace_id, attempt = claim.attempt, "lease expired; attempt counted");
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                tracing::error!(trace.id = %claim.trace_id, error = %e, "could not take back a lease");
+                false
+            }
+        }
+    }
+
+    /// SQS mode: commands left due for too long get a new message.
+    async fn redispatch(&self) {
+        let Some(after) = self.queue.as_ref().map(|_| self.config.redispatch_ms) else {
+            return;
+        };
+        match self.store.redispatch_stale(now_millis() - after, 1000).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::warn!(commands = n, "commands waited too long for their message; sent again");
+                self.wake.notify_one();
+            }
+            Err(e) => tracing::warn!(error = %e, "could not look for commands without a message"),
+        }
     }
 }

@@ -41,6 +41,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         "outbox_claims",
         include_str!("../../migrations/postgres/0002_outbox_claims.sql"),
     ),
+    (
+        3,
+        "dispatch",
+        include_str!("../../migrations/postgres/0003_dispatch.sql"),
+    ),
 ];
 
 /// Any number of processes may start at once against one database: an advisory lock makes

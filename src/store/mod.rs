@@ -111,13 +111,13 @@ fn parse_json(s: &str) -> Result<Value, StoreError> {
     serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("bad JSON column: {e}")))
 }
 
-/// The events a claim writes on its trace: picked up, attempt started.
-fn picked_events(claim: &Claim, lease_ms: i64) -> [NewTraceEvent; 2] {
+/// The events a claim writes on its trace: picked up (from where), attempt started.
+fn picked_events(claim: &Claim, lease_ms: i64, from: &str) -> [NewTraceEvent; 2] {
     [
         NewTraceEvent::new(
             Component::TransactionListener,
             Status::Accepted,
-            format!("{} picked up from the commands table", claim.command_type),
+            format!("{} picked up from {from}", claim.command_type),
         )
         .attempt(claim.attempt),
         NewTraceEvent::new(

@@ -609,7 +609,7 @@ impl Store for SqliteStore {
                 claims
             };
             for claim in &claims {
-                let picked = picked_events(claim, lease_ms);
+                let picked = picked_events(claim, lease_ms, "the commands table");
                 append_events(
                     conn,
                     claim.trace_id,

@@ -488,7 +488,7 @@ impl TestDb {
                     .unwrap(),
             ),
             Backend::Postgres => std::sync::Arc::new(
-                tether::store::PgStore::open(&self.url, hub, Default::default(), accept_queue, 8)
+                tether::store::PgStore::open(&self.url, hub, Default::default(), accept_queue, 8, false)
                     .await
                     .unwrap(),
             ),

@@ -39,7 +39,8 @@ use crate::domain::{
     TraceEvent, TraceId, TraceRecord, TraceState, now_millis,
 };
 use crate::ports::{
-    AttemptOutcome, AttemptWork, Failure, Next, SqlArg, Store, StoreError, TraceSink, Tx,
+    AttemptOutcome, AttemptWork, Dispatch, Failure, Next, Rejected, SqlArg, Store, StoreError,
+    TraceClaim, TraceSink, Tx,
 };
 
 /// How many accepts one group commit may carry.
@@ -55,6 +56,8 @@ pub struct PgStore {
     /// This process's name in its notices (a random ID per store).
     node: Arc<str>,
     accepts: mpsc::Sender<AcceptJob>,
+    /// SQS mode: accepts and replays also write a dispatch row for the command queue.
+    dispatch: bool,
     /// Stops the listener and the feed with the store.
     _stop: DropGuard,
 }
@@ -67,12 +70,14 @@ struct AcceptJob {
 impl PgStore {
     /// Connects to `url`, applies migrations, starts the accept committer and listens for
     /// other processes' notices: their trace events go to `sink`, their new work wakes `wake`.
+    /// With `dispatch`, every new command also gets a row in the dispatch outbox (SQS mode).
     pub async fn open(
         url: &str,
         sink: Arc<dyn TraceSink>,
         wake: Arc<Notify>,
         accept_queue: usize,
         pool_size: u32,
+        dispatch: bool,
     ) -> Result<Self, StoreError> {
         let options: PgConnectOptions = url.parse()?;
         let mut setup = PgConnection::connect_with(&options).await?;
@@ -94,12 +99,19 @@ impl PgStore {
             stop.clone(),
         ));
         let (accepts, rx) = mpsc::channel(accept_queue.max(1));
-        tokio::spawn(accept_loop(pool.clone(), sink.clone(), node.clone(), rx));
+        tokio::spawn(accept_loop(
+            pool.clone(),
+            sink.clone(),
+            node.clone(),
+            dispatch,
+            rx,
+        ));
         Ok(Self {
             pool,
             sink,
             node,
             accepts,
+            dispatch,
             _stop: stop.drop_guard(),
         })
     }
@@ -114,6 +126,7 @@ async fn accept_loop(
     pool: PgPool,
     sink: Arc<Feed>,
     node: Arc<str>,
+    dispatch: bool,
     mut rx: mpsc::Receiver<AcceptJob>,
 ) {
     let in_flight = Arc::new(Semaphore::new(ACCEPT_BATCHES_IN_FLIGHT));
@@ -128,7 +141,7 @@ async fn accept_loop(
         let (pool, sink, node) = (pool.clone(), sink.clone(), node.clone());
         tokio::spawn(async move {
             let commands: Vec<&NewCommand> = batch.iter().map(|j| &j.command).collect();
-            match accept_batch(&pool, &node, &commands).await {
+            match accept_batch(&pool, &node, dispatch, &commands).await {
                 Ok((results, events)) => {
                     sink.committed(&events);
                     for (job, result) in batch.into_iter().zip(results) {
@@ -156,6 +169,7 @@ type AcceptResults = (Vec<Result<Accepted, StoreError>>, Vec<TraceEvent>);
 async fn accept_batch(
     pool: &PgPool,
     node: &str,
+    dispatch: bool,
     commands: &[&NewCommand],
 ) -> Result<AcceptResults, StoreError> {
     let now = now_millis();
@@ -301,9 +315,32 @@ async fn accept_batch(
             .bind(payloads)
             .execute(&mut *tx)
             .await?;
+        if dispatch {
+            let ids: Vec<String> = events.iter().map(|e| e.trace_id.to_string()).collect();
+            insert_dispatch(&mut tx, &ids, now).await?;
+        }
     }
     tx.commit().await?;
     Ok((results, events))
+}
+
+/// Asks for a message on the command queue for each trace (SQS mode). A trace that already
+/// waits for one gets a fresh row, so a row being sent right now is not taken for it.
+async fn insert_dispatch(
+    conn: &mut PgConnection,
+    trace_ids: &[String],
+    now: Millis,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO dispatch (trace_id, created_at) SELECT t, $2 FROM UNNEST($1::text[]) AS u(t)
+         ON CONFLICT (trace_id) DO UPDATE
+             SET created_at = excluded.created_at, claimed_by = NULL, claimed_until = NULL",
+    )
+    .bind(trace_ids)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// Wakes the workers of every process once this transaction commits.
@@ -603,6 +640,9 @@ impl Store for PgStore {
         }
         let events = append_events(&mut tx, &self.node, trace_id, None, now, &[event]).await?;
         notify_work(&mut tx).await?;
+        if self.dispatch {
+            insert_dispatch(&mut tx, &[id], now).await?;
+        }
         tx.commit().await?;
         self.sink.committed(&events);
         Ok(Some(Accepted {
@@ -638,7 +678,7 @@ impl Store for PgStore {
             .collect::<Result<Vec<_>, _>>()?;
         let mut events = Vec::with_capacity(claims.len() * 2);
         for claim in &claims {
-            let picked = picked_events(claim, lease_ms);
+            let picked = picked_events(claim, lease_ms, "the commands table");
             events.extend(
                 append_events(
                     &mut tx,
@@ -814,6 +854,226 @@ impl Store for PgStore {
         .execute(&self.pool)
         .await?
         .rows_affected())
+    }
+
+    async fn claim_trace(
+        &self,
+        trace_id: TraceId,
+        lease_ms: i64,
+        picked: &str,
+    ) -> Result<TraceClaim, StoreError> {
+        let id = trace_id.to_string();
+        let now = now_millis();
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(concat!(
+            "UPDATE commands SET state = 'RUNNING', attempts = attempts + 1, fence = fence + 1,
+                 lease_expires_at = $1, next_attempt_at = NULL
+             WHERE trace_id = $2 AND state IN ('PENDING', 'RETRYING') AND next_attempt_at <= $3
+             RETURNING ",
+            claim_columns!()
+        ))
+        .bind(now + lease_ms)
+        .bind(&id)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = row {
+            let claim = claim_from_row(&row)?;
+            let events = picked_events(&claim, lease_ms, picked);
+            let events = append_events(
+                &mut tx,
+                &self.node,
+                trace_id,
+                Some(TraceState::Running),
+                now,
+                &events,
+            )
+            .await?;
+            tx.commit().await?;
+            self.sink.committed(&events);
+            return Ok(TraceClaim::Claimed(claim));
+        }
+        tx.rollback().await?;
+        let row = sqlx::query(concat!(
+            "SELECT state, next_attempt_at, ",
+            claim_columns!(),
+            " FROM commands WHERE trace_id = $1"
+        ))
+        .bind(&id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(TraceClaim::Missing);
+        };
+        Ok(match parse_state(row.try_get("state")?)? {
+            TraceState::Succeeded | TraceState::Failed | TraceState::DeadLettered => {
+                TraceClaim::Terminal
+            }
+            TraceState::Pending | TraceState::Retrying => {
+                TraceClaim::NotDue(row.try_get::<Option<i64>, _>("next_attempt_at")?.unwrap_or(now))
+            }
+            TraceState::Running => {
+                let claim = claim_from_row(&row)?;
+                if claim.lease_expires_at < now {
+                    TraceClaim::LeaseExpired(claim)
+                } else {
+                    TraceClaim::Running(claim.lease_expires_at)
+                }
+            }
+        })
+    }
+
+    async fn adopt(&self, command: NewCommand, event: NewTraceEvent) -> Result<bool, StoreError> {
+        let id = command.trace_id.to_string();
+        let now = now_millis();
+        let mut tx = self.pool.begin().await?;
+        let created = sqlx::query(
+            "INSERT INTO commands (trace_id, command_type, payload, owner, state, next_attempt_at,
+                 last_seq, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, 'PENDING', $5, 0, $5, $5)
+             ON CONFLICT (trace_id) DO NOTHING",
+        )
+        .bind(&id)
+        .bind(&command.command_type)
+        .bind(command.payload.to_string())
+        .bind(&command.owner)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if created == 0 {
+            return Ok(false);
+        }
+        let events = append_events(&mut tx, &self.node, command.trace_id, None, now, &[event]).await?;
+        tx.commit().await?;
+        self.sink.committed(&events);
+        Ok(true)
+    }
+
+    async fn reject(&self, rejected: Rejected) -> Result<(), StoreError> {
+        let id = rejected.trace_id.to_string();
+        let now = now_millis();
+        let mut tx = self.pool.begin().await?;
+        let mut events = Vec::new();
+        if let Some(trace_events) = &rejected.trace_events {
+            let created = sqlx::query(
+                "INSERT INTO commands (trace_id, command_type, payload, owner, state, error,
+                     last_seq, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, 'DEAD_LETTERED', $5, 0, $6, $6)
+                 ON CONFLICT (trace_id) DO NOTHING",
+            )
+            .bind(&id)
+            .bind(&rejected.command_type)
+            .bind(serde_json::Value::from(rejected.body.as_str()).to_string())
+            .bind(&rejected.owner)
+            .bind(&rejected.error)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if created == 1 {
+                events = append_events(
+                    &mut tx,
+                    &self.node,
+                    rejected.trace_id,
+                    None,
+                    now,
+                    trace_events,
+                )
+                .await?;
+            }
+        }
+        let kept = sqlx::query(
+            "INSERT INTO dead_letters (trace_id, series, command_type, owner, payload, attempts,
+                 history, last_error, dead_lettered_at)
+             VALUES ($1, 1, $2, $3, $4, 0, '[]', $5, $6)
+             ON CONFLICT (trace_id, series) DO NOTHING",
+        )
+        .bind(&id)
+        .bind(&rejected.command_type)
+        .bind(&rejected.owner)
+        .bind(serde_json::Value::from(rejected.body.as_str()).to_string())
+        .bind(&rejected.error)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if kept == 1 {
+            insert_outbox(&mut tx, &rejected.announce, now).await?;
+        }
+        tx.commit().await?;
+        self.sink.committed(&events);
+        Ok(())
+    }
+
+    async fn unsent_dispatch(&self, limit: usize) -> Result<Vec<Dispatch>, StoreError> {
+        let now = now_millis();
+        let rows = sqlx::query(
+            "WITH picked AS (
+                 SELECT trace_id FROM dispatch
+                 WHERE claimed_until IS NULL OR claimed_until < $2 OR claimed_by = $3
+                 ORDER BY created_at LIMIT $1
+                 FOR UPDATE SKIP LOCKED)
+             UPDATE dispatch d SET claimed_by = $3, claimed_until = $2 + $4
+             FROM picked WHERE d.trace_id = picked.trace_id
+             RETURNING d.trace_id, d.created_at",
+        )
+        .bind(limit as i64)
+        .bind(now)
+        .bind(&*self.node)
+        .bind(OUTBOX_CLAIM_MS)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = rows
+            .iter()
+            .map(|row| {
+                Ok(Dispatch {
+                    trace_id: parse_trace_id(row.try_get("trace_id")?)?,
+                    created_at: row.try_get("created_at")?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        out.sort_by_key(|d| d.created_at);
+        Ok(out)
+    }
+
+    async fn mark_dispatched(&self, sent: &[Dispatch]) -> Result<(), StoreError> {
+        sqlx::query(
+            "DELETE FROM dispatch d USING UNNEST($1::text[], $2::bigint[]) AS u(t, c)
+             WHERE d.trace_id = u.t AND d.created_at = u.c",
+        )
+        .bind(sent.iter().map(|d| d.trace_id.to_string()).collect::<Vec<_>>())
+        .bind(sent.iter().map(|d| d.created_at).collect::<Vec<_>>())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Bumps `next_attempt_at` of what it re-sends, so one command is re-sent at most once
+    /// per `older_than`.
+    async fn redispatch_stale(&self, older_than: Millis, limit: usize) -> Result<u64, StoreError> {
+        let now = now_millis();
+        let mut tx = self.pool.begin().await?;
+        let ids: Vec<String> = sqlx::query_scalar(
+            "WITH stale AS (
+                 SELECT trace_id FROM commands
+                 WHERE state IN ('PENDING', 'RETRYING') AND next_attempt_at < $1
+                 ORDER BY next_attempt_at LIMIT $3
+                 FOR UPDATE SKIP LOCKED)
+             UPDATE commands c SET next_attempt_at = $2
+             FROM stale WHERE c.trace_id = stale.trace_id
+             RETURNING c.trace_id",
+        )
+        .bind(older_than)
+        .bind(now)
+        .bind(limit as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        if !ids.is_empty() {
+            insert_dispatch(&mut tx, &ids, now).await?;
+        }
+        tx.commit().await?;
+        Ok(ids.len() as u64)
     }
 
     /// Takes up to `limit` unsent rows for [`OUTBOX_CLAIM_MS`]: rows another process took
