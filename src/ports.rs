@@ -241,7 +241,12 @@ pub trait Store: Send + Sync + 'static {
         Err(sqs_needs_postgres())
     }
     /// Takes up to `limit` rows of the dispatch outbox for a short while (like the outbox).
-    async fn unsent_dispatch(&self, _limit: usize) -> Result<Vec<Dispatch>, StoreError> {
+    /// With none to take, says when the earliest row another process holds is free again
+    /// (that process may have died).
+    async fn unsent_dispatch(
+        &self,
+        _limit: usize,
+    ) -> Result<(Vec<Dispatch>, Option<Millis>), StoreError> {
         Err(sqs_needs_postgres())
     }
     /// Deletes dispatch rows the command queue took.

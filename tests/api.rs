@@ -345,3 +345,7 @@ contract!(
     same_idempotency_key_same_caller_same_trace,
     traces_are_private_to_their_owner,
 );
+contract_sqs!(
+    create_order_answers_with_a_trace_id_that_runs_to_success,
+    same_idempotency_key_same_caller_same_trace,
+);

@@ -1,7 +1,7 @@
 //! The real binary, killed: `kill -9` in the middle of a load and an injected `abort()` in an
 //! attempt. After a restart every accepted trace reaches exactly one terminal state, no order
-//! is written twice, and crashes count as attempts (G1, G2, G3, G6). Each test runs on SQLite
-//! and on PostgreSQL.
+//! is written twice, and crashes count as attempts (G1, G2, G3, G6). Each test runs on SQLite,
+//! on PostgreSQL, and on PostgreSQL with SQS as the command queue.
 
 mod common;
 
@@ -43,6 +43,7 @@ impl Server {
                 "--poll-ms",
                 "50",
             ])
+            .args(db.sqs.as_ref().map(|q| q.args()).unwrap_or_default())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -255,6 +256,13 @@ async fn a_crash_in_an_attempt_counts_as_an_attempt(backend: Backend) {
 }
 
 contract!(
+    multi_thread;
+    kill_9_mid_load_loses_nothing_and_duplicates_nothing,
+    a_crash_in_an_attempt_counts_as_an_attempt,
+);
+// With SQS as the command queue: messages in flight when the worker dies come back after
+// their visibility timeout, and the command row decides what they mean.
+contract_sqs!(
     multi_thread;
     kill_9_mid_load_loses_nothing_and_duplicates_nothing,
     a_crash_in_an_attempt_counts_as_an_attempt,

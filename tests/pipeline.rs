@@ -322,6 +322,9 @@ async fn side_effects_are_published_at_least_once_with_stable_ids(backend: Backe
             },
             fault_injection: true,
             idempotency_retention_ms: 86_400_000,
+            max_payload_bytes: 256 * 1024,
+            redispatch_ms: 600_000,
+            default_owner: "sqs".into(),
         },
         Arc::new(tokio::sync::Notify::new()),
     );
@@ -409,4 +412,13 @@ contract!(
     a_zombie_attempts_late_commit_is_fenced_off,
     graceful_shutdown_releases_in_flight_work_without_counting_it,
     side_effects_are_published_at_least_once_with_stable_ids,
+);
+// The same guarantees with commands travelling through SQS (the library-level publisher test
+// drains the table directly, so it has no SQS variant).
+contract_sqs!(
+    technical_errors_retry_and_failed_attempts_leave_no_trace_in_the_data,
+    exhausted_retries_become_one_faithful_dead_letter_that_can_be_replayed,
+    business_errors_fail_at_once_without_retry,
+    a_zombie_attempts_late_commit_is_fenced_off,
+    graceful_shutdown_releases_in_flight_work_without_counting_it,
 );

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Pipeline;
-use crate::domain::TraceId;
+use crate::domain::{TraceId, now_millis};
 use crate::ports::{CommandQueue, Dispatch};
 
 /// Rows taken per round (sent in batches of SQS's 10).
@@ -33,15 +33,20 @@ impl Pipeline {
         let mut backoff = Duration::from_millis(100);
         loop {
             match self.dispatch_once(queue.as_ref()).await {
-                Ok(n) if n > 0 => {
+                Ok(Round::Sent(_)) => {
                     backoff = Duration::from_millis(100);
                     continue;
                 }
-                Ok(_) => {
+                Ok(Round::Idle(held_until)) => {
+                    // Rows another process holds come free at `held_until`.
+                    let wait = held_until.map_or(self.idle_wait(), |at| {
+                        Duration::from_millis((at - now_millis()).max(1) as u64)
+                            .min(self.idle_wait())
+                    });
                     tokio::select! {
                         _ = cancel.cancelled() => return,
                         _ = self.wake.notified() => {}
-                        _ = tokio::time::sleep(self.idle_wait()) => {}
+                        _ = tokio::time::sleep(wait) => {}
                     }
                 }
                 Err(e) => {
@@ -56,12 +61,12 @@ impl Pipeline {
         }
     }
 
-    /// Sends one round of dispatch rows; returns how many the queue took. An error when the
-    /// queue refused some or all of them, so the caller backs off.
-    pub async fn dispatch_once(&self, queue: &dyn CommandQueue) -> anyhow::Result<usize> {
-        let rows = self.store.unsent_dispatch(ROUND).await?;
+    /// Sends one round of dispatch rows. An error when the queue refused some or all of
+    /// them, so the caller backs off.
+    pub async fn dispatch_once(&self, queue: &dyn CommandQueue) -> anyhow::Result<Round> {
+        let (rows, held_until) = self.store.unsent_dispatch(ROUND).await?;
         if rows.is_empty() {
-            return Ok(0);
+            return Ok(Round::Idle(held_until));
         }
         let traces: Vec<TraceId> = rows.iter().map(|d| d.trace_id).collect();
         let taken: HashSet<TraceId> = queue.send(&traces).await?.into_iter().collect();
@@ -76,6 +81,15 @@ impl Pipeline {
             sent.len(),
             traces.len()
         );
-        Ok(sent.len())
+        Ok(Round::Sent(sent.len()))
     }
+}
+
+/// What one round of the dispatcher did.
+#[derive(Debug, PartialEq)]
+pub enum Round {
+    /// The queue took this many messages.
+    Sent(usize),
+    /// Nothing to send; rows held by another process come free at this time, if any.
+    Idle(Option<i64>),
 }

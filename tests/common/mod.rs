@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod auth;
+pub mod sqs;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -57,6 +58,9 @@ pub fn test_config(db: &TestDb) -> Config {
     c.sweep_ms = 50;
     c.lease_ms = 2_000;
     c.heartbeat_ms = 500;
+    if let Some(queues) = &db.sqs {
+        queues.configure(&mut c);
+    }
     c
 }
 
@@ -372,6 +376,8 @@ impl TestApp {
 pub enum Backend {
     Sqlite,
     Postgres,
+    /// PostgreSQL with the SQS command queue (on the emulator).
+    Sqs,
 }
 
 /// The PostgreSQL server tests create their databases on: `TETHER_TEST_PG_URL` (set by the
@@ -386,6 +392,8 @@ pub struct TestDb {
     pub backend: Backend,
     pub url: String,
     pub dir: PathBuf,
+    /// The test's own SQS queues, for `Backend::Sqs`.
+    pub sqs: Option<sqs::Queues>,
 }
 
 impl TestDb {
@@ -394,7 +402,7 @@ impl TestDb {
         let url =
             match backend {
                 Backend::Sqlite => sqlite_url(&dir),
-                Backend::Postgres => {
+                Backend::Postgres | Backend::Sqs => {
                     use sqlx::Connection;
                     let admin = pg_admin_url();
                     let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
@@ -412,7 +420,16 @@ impl TestDb {
                     format!("{base}/{db}")
                 }
             };
-        TestDb { backend, url, dir }
+        let sqs = match backend {
+            Backend::Sqs => Some(sqs::Queues::create(name).await),
+            _ => None,
+        };
+        TestDb {
+            backend,
+            url,
+            dir,
+            sqs,
+        }
     }
 
     /// One `count(*)`-style number, `$1` bound to `arg`.
@@ -471,7 +488,7 @@ impl TestDb {
         }
         match self.backend {
             Backend::Sqlite => run!(sqlx::SqliteConnection),
-            Backend::Postgres => run!(sqlx::PgConnection),
+            Backend::Postgres | Backend::Sqs => run!(sqlx::PgConnection),
         }
     }
 
@@ -487,13 +504,36 @@ impl TestDb {
                     .await
                     .unwrap(),
             ),
-            Backend::Postgres => std::sync::Arc::new(
-                tether::store::PgStore::open(&self.url, hub, Default::default(), accept_queue, 8, false)
-                    .await
-                    .unwrap(),
+            Backend::Postgres | Backend::Sqs => std::sync::Arc::new(
+                tether::store::PgStore::open(
+                    &self.url,
+                    hub,
+                    Default::default(),
+                    accept_queue,
+                    8,
+                    self.backend == Backend::Sqs,
+                )
+                .await
+                .unwrap(),
             ),
         }
     }
+}
+
+/// Runs each named `async fn name(backend: Backend)` on PostgreSQL with the SQS command queue,
+/// as `sqs::name` (next to `contract!`'s `sqlite::` and `postgres::`).
+#[macro_export]
+macro_rules! contract_sqs {
+    (multi_thread; $($name:ident),* $(,)?) => {
+        mod sqs {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Sqs).await } )*
+        }
+    };
+    ($($name:ident),* $(,)?) => {
+        mod sqs {
+            $( #[tokio::test] async fn $name() { super::$name(super::Backend::Sqs).await } )*
+        }
+    };
 }
 
 /// Runs each named `async fn name(backend: Backend)` once per backend, as

@@ -49,6 +49,9 @@ const MAX_ACCEPT_BATCH: usize = 512;
 const ACCEPT_BATCHES_IN_FLIGHT: usize = 4;
 /// How long an emitter holds the outbox rows it took before others may take them.
 const OUTBOX_CLAIM_MS: i64 = 10_000;
+/// The same for dispatch rows. Shorter: a process that died holding rows delays those
+/// commands by this much, and a row sent twice only makes a duplicate message (harmless).
+const DISPATCH_CLAIM_MS: i64 = 3_000;
 
 pub struct PgStore {
     pool: PgPool,
@@ -1006,7 +1009,10 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn unsent_dispatch(&self, limit: usize) -> Result<Vec<Dispatch>, StoreError> {
+    async fn unsent_dispatch(
+        &self,
+        limit: usize,
+    ) -> Result<(Vec<Dispatch>, Option<Millis>), StoreError> {
         let now = now_millis();
         let rows = sqlx::query(
             "WITH picked AS (
@@ -1021,7 +1027,7 @@ impl Store for PgStore {
         .bind(limit as i64)
         .bind(now)
         .bind(&*self.node)
-        .bind(OUTBOX_CLAIM_MS)
+        .bind(DISPATCH_CLAIM_MS)
         .fetch_all(&self.pool)
         .await?;
         let mut out = rows
@@ -1034,7 +1040,13 @@ impl Store for PgStore {
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         out.sort_by_key(|d| d.created_at);
-        Ok(out)
+        if !out.is_empty() {
+            return Ok((out, None));
+        }
+        let held: Option<i64> = sqlx::query_scalar("SELECT min(claimed_until) FROM dispatch")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok((out, held))
     }
 
     async fn mark_dispatched(&self, sent: &[Dispatch]) -> Result<(), StoreError> {
