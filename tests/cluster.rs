@@ -51,7 +51,7 @@ const FAST: &[(&str, &str)] = &[
 impl Tether {
     /// Starts `tether <args>` with the short timings of [`FAST`].
     async fn start(args: &[&str], database_url: &str, logs: &std::path::Path) -> Self {
-        Self::start_with(args, database_url, logs, FAST).await
+        Self::start_with(args, database_url, logs, FAST, &[]).await
     }
 
     /// Starts `tether <args>` with the default timings changed by `env`; returns once it is
@@ -61,6 +61,7 @@ impl Tether {
         database_url: &str,
         logs: &std::path::Path,
         env: &[(&str, &str)],
+        extra: &[(String, String)],
     ) -> Self {
         let log = logs.join(format!("{}-{}.log", args[0], uuid::Uuid::new_v4().simple()));
         let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
@@ -69,6 +70,7 @@ impl Tether {
             .env("TETHER_API_KEYS", format!("alice:{KEY}"))
             .env("TETHER_ADMIN_API_KEYS", "")
             .envs(env.iter().copied())
+            .envs(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("RUST_LOG", "info,sqlx=warn")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("a log file"))
@@ -409,13 +411,14 @@ struct Cluster {
 }
 
 impl Cluster {
-    async fn start(url: &str, logs: &std::path::Path) -> Self {
+    /// Two API replicas and two workers; `extra` environment for each (the SQS settings).
+    async fn start(url: &str, logs: &std::path::Path, extra: &[(String, String)]) -> Self {
         let mut api = Vec::new();
         let mut workers = Vec::new();
         for _ in 0..2 {
             let args = ["serve", "--role", "api", "--addr", "127.0.0.1:0"];
-            api.push(Tether::start(&args, url, logs).await);
-            workers.push(Tether::start(&["worker"], url, logs).await);
+            api.push(Tether::start_with(&args, url, logs, FAST, extra).await);
+            workers.push(Tether::start_with(&["worker"], url, logs, FAST, extra).await);
         }
         let addrs = api
             .iter()
@@ -473,7 +476,18 @@ async fn finish(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_and_workers_killed_with_sigkill_lose_nothing() {
-    let db = common::TestDb::new(common::Backend::Postgres, "cluster").await;
+    killed_with_sigkill(common::Backend::Postgres).await;
+}
+
+/// The same with SQS as the command queue: the killed worker had messages in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_sqs_replicas_and_workers_killed_with_sigkill_lose_nothing() {
+    killed_with_sigkill(common::Backend::Sqs).await;
+}
+
+async fn killed_with_sigkill(backend: common::Backend) {
+    let db = common::TestDb::new(backend, "cluster").await;
+    let extra = db.sqs.as_ref().map(|q| q.env()).unwrap_or_default();
     let logs = scratch_dir("cluster-logs");
     let migrate = Command::new(env!("CARGO_BIN_EXE_tether"))
         .args(["migrate"])
@@ -486,7 +500,7 @@ async fn replicas_and_workers_killed_with_sigkill_lose_nothing() {
         mut api,
         mut workers,
         replicas,
-    } = Cluster::start(&db.url, &logs).await;
+    } = Cluster::start(&db.url, &logs, &extra).await;
     let http = common::http();
 
     let mut started = load(&http, &replicas, 0..30).await;
@@ -527,6 +541,19 @@ async fn replicas_and_workers_killed_with_sigkill_lose_nothing() {
         expired > 0,
         "the killed worker held no attempt: the test did not test a crash"
     );
+    if backend == common::Backend::Sqs {
+        // Every attempt came from an SQS message, none from the table.
+        let (from_sqs, from_table): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE message LIKE '%picked up from SQS message%'),
+                    count(*) FILTER (WHERE message LIKE '%picked up from the commands table%')
+             FROM trace_events",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        assert!(from_sqs >= 50, "{from_sqs} attempts from SQS messages");
+        assert_eq!(from_table, 0);
+    }
 }
 
 /// A private PostgreSQL cluster this test may crash-restart (`scripts/pg-private`).
@@ -585,7 +612,7 @@ impl Drop for PrivatePg {
 async fn a_postgres_crash_restart_loses_no_event_for_live_subscribers() {
     let pg = PrivatePg::start().await;
     let logs = scratch_dir("cluster-logs");
-    let cluster = Cluster::start(&pg.url, &logs).await;
+    let cluster = Cluster::start(&pg.url, &logs, &[]).await;
     let replicas = cluster.replicas.clone();
     let http = common::http();
 
@@ -713,9 +740,10 @@ async fn idle_processes_do_not_poll_the_database() {
         &db.url,
         &logs,
         &[],
+        &[],
     )
     .await;
-    let _worker = Tether::start_with(&["worker"], &db.url, &logs, &[]).await;
+    let _worker = Tether::start_with(&["worker"], &db.url, &logs, &[], &[]).await;
     let commits = || async {
         let mut admin = sqlx::PgConnection::connect(&common::pg_admin_url())
             .await

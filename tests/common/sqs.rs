@@ -118,6 +118,22 @@ impl Queues {
         .to_vec()
     }
 
+    /// The same as environment variables (with dummy credentials).
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("TETHER_QUEUE", "sqs"),
+            ("TETHER_SQS_COMMAND_QUEUE_URL", &self.commands),
+            ("TETHER_SQS_EVENT_QUEUE_URL", &self.events),
+            ("AWS_ENDPOINT_URL", &self.endpoint),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("TETHER_SQS_WAIT_SECONDS", "1"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .to_vec()
+    }
+
     pub fn client(&self) -> Client {
         client(&self.endpoint)
     }
