@@ -62,7 +62,9 @@ impl Application {
             );
         }
         if sqs && config.sqs_command_queue_url.is_none() {
-            anyhow::bail!("--queue sqs needs the command queue's URL (TETHER_SQS_COMMAND_QUEUE_URL)");
+            anyhow::bail!(
+                "--queue sqs needs the command queue's URL (TETHER_SQS_COMMAND_QUEUE_URL)"
+            );
         }
         let sdl = match &config.schema {
             Some(path) => std::fs::read_to_string(path)

@@ -255,7 +255,11 @@ pub trait Store: Send + Sync + 'static {
     }
     /// The safety net for a message the queue lost (or moved to its own dead-letter queue):
     /// commands due for longer than `older_than` get a new dispatch row. Returns how many.
-    async fn redispatch_stale(&self, _older_than: Millis, _limit: usize) -> Result<u64, StoreError> {
+    async fn redispatch_stale(
+        &self,
+        _older_than: Millis,
+        _limit: usize,
+    ) -> Result<u64, StoreError> {
         Err(sqs_needs_postgres())
     }
 
@@ -308,8 +312,11 @@ pub trait CommandQueue: Send + Sync + 'static {
     async fn send(&self, traces: &[TraceId]) -> Result<Vec<TraceId>, QueueError>;
     /// Waits up to the queue's long-poll time for at most `max` messages, each hidden from
     /// other receivers for `visibility_secs`.
-    async fn receive(&self, max: usize, visibility_secs: i32)
-    -> Result<Vec<QueueMessage>, QueueError>;
+    async fn receive(
+        &self,
+        max: usize,
+        visibility_secs: i32,
+    ) -> Result<Vec<QueueMessage>, QueueError>;
     /// Hides the message for `secs` more seconds from now (0: visible again at once).
     async fn set_visibility(&self, message: &QueueMessage, secs: i32) -> Result<(), QueueError>;
     async fn delete(&self, message: &QueueMessage) -> Result<(), QueueError>;

@@ -6,121 +6,16 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::server::Server;
 use common::*;
 use serde_json::{Value, json};
 
-/// A `tether serve` child process; killed with SIGKILL when dropped.
-struct Server {
-    child: Child,
-    url: String,
-    http: reqwest::Client,
-}
-
-impl Server {
-    fn start(db: &TestDb) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
-            .args(["serve", "--addr", "127.0.0.1:0", "--fault-injection"])
-            .args(["--database-url", &db.url])
-            .args(["--api-keys", &format!("alice:{ALICE}")])
-            .args([
-                "--lease-ms",
-                "600",
-                "--heartbeat-ms",
-                "200",
-                "--sweep-ms",
-                "100",
-            ])
-            .args([
-                "--retry-base-ms",
-                "20",
-                "--retry-factor",
-                "2",
-                "--poll-ms",
-                "50",
-            ])
-            .args(db.sqs.as_ref().map(|q| q.args()).unwrap_or_default())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawning tether");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let url = loop {
-            let line = lines
-                .next()
-                .expect("tether exited before it was ready")
-                .expect("stdout line");
-            if let Some(rest) = line.strip_prefix("tether is ready on ") {
-                break rest.split_whitespace().next().expect("url").to_owned();
-            }
-        };
-        // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        Server {
-            child,
-            url,
-            http: common::http(),
-        }
-    }
-
-    fn kill9(&mut self) {
-        self.child.kill().expect("SIGKILL"); // std's kill() is SIGKILL on Unix
-        self.child.wait().expect("reaping tether");
-    }
-
-    async fn gql(&self, query: &str, variables: Value) -> Result<Value, reqwest::Error> {
-        let resp = self
-            .http
-            .post(&self.url)
-            .header("x-api-key", ALICE)
-            .json(&json!({ "query": query, "variables": variables }))
-            .send()
-            .await?;
-        resp.json().await
-    }
-
-    async fn wait_terminal(&self, trace_id: &str) -> Value {
-        let q = "query($t: ID!) { trace(traceId: $t) { state attempts events { seq message } } }";
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let trace = self
-                .gql(q, json!({ "t": trace_id }))
-                .await
-                .expect("trace query")["data"]["trace"]
-                .clone();
-            assert!(
-                !trace.is_null(),
-                "accepted trace {trace_id} is missing after the restart (G1)"
-            );
-            if ["SUCCEEDED", "FAILED", "DEAD_LETTERED"].contains(&trace["state"].as_str().unwrap())
-            {
-                return trace;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "trace {trace_id} never terminated (G2): {trace}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 async fn kill_9_mid_load_loses_nothing_and_duplicates_nothing(backend: Backend) {
     let db = TestDb::new(backend, "kill9").await;
-    let mut server = Server::start(&db);
+    let mut server = Server::start(&db, &[]);
     let accepted = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let stop_at = Instant::now() + Duration::from_millis(1500);
     let mut clients = Vec::new();
@@ -170,7 +65,7 @@ async fn kill_9_mid_load_loses_nothing_and_duplicates_nothing(backend: Backend) 
     }
     let accepted: Vec<String> = accepted.lock().unwrap().clone();
 
-    let server = Server::start(&db);
+    let server = Server::start(&db, &[]);
     let mut unique = HashSet::new();
     for trace_id in &accepted {
         assert!(
@@ -208,7 +103,7 @@ async fn kill_9_mid_load_loses_nothing_and_duplicates_nothing(backend: Backend) 
 
 async fn a_crash_in_an_attempt_counts_as_an_attempt(backend: Backend) {
     let db = TestDb::new(backend, "abort").await;
-    let server = Server::start(&db);
+    let server = Server::start(&db, &[]);
     let body = server
         .gql(
             CREATE_ORDER,
@@ -236,7 +131,7 @@ async fn a_crash_in_an_attempt_counts_as_an_attempt(backend: Backend) {
     );
     drop(server);
 
-    let server = Server::start(&db);
+    let server = Server::start(&db, &[]);
     let trace = server.wait_terminal(&trace_id).await;
     assert_eq!(trace["state"], "SUCCEEDED", "{trace}");
     assert_eq!(trace["attempts"], 2, "the crashed attempt counts: {trace}");

@@ -95,7 +95,12 @@ impl Pipeline {
         ((self.config.lease_ms.max(1) + 999) / 1000) as i32
     }
 
-    async fn on_message(&self, queue: &dyn CommandQueue, message: &QueueMessage, cancel: &CancellationToken) {
+    async fn on_message(
+        &self,
+        queue: &dyn CommandQueue,
+        message: &QueueMessage,
+        cancel: &CancellationToken,
+    ) {
         let envelope = match Envelope::parse(&message.body) {
             Ok(envelope) => envelope,
             Err(error) => return self.reject(queue, message, None, None, error).await,
@@ -143,7 +148,9 @@ impl Pipeline {
                         Ok(None) => {
                             let error =
                                 "the message names no known trace and carries no command".into();
-                            return self.reject(queue, message, Some(trace_id), None, error).await;
+                            return self
+                                .reject(queue, message, Some(trace_id), None, error)
+                                .await;
                         }
                         Err(error) => {
                             let command = Some(("(invalid message)".to_owned(), None));
@@ -166,7 +173,13 @@ impl Pipeline {
                     ) {
                         let error = format!("not a valid command: {e}");
                         return self
-                            .reject(queue, message, Some(trace_id), Some((command_type, owner)), error)
+                            .reject(
+                                queue,
+                                message,
+                                Some(trace_id),
+                                Some((command_type, owner)),
+                                error,
+                            )
                             .await;
                     }
                     let event = NewTraceEvent::new(
@@ -359,11 +372,20 @@ mod tests {
         assert_eq!(foreign.command, "createOrder");
         assert_eq!(foreign.owner.as_deref(), Some("oidc:u1"));
 
-        for body in ["not json", "[1]", r#"{"traceId":"nope"}"#, r#"{"command":"createOrder"}"#] {
+        for body in [
+            "not json",
+            "[1]",
+            r#"{"traceId":"nope"}"#,
+            r#"{"command":"createOrder"}"#,
+        ] {
             assert!(Envelope::parse(body).is_err(), "{body}");
         }
         // A readable trace ID with a bad rest: the trace's row decides, if it exists.
-        for rest in [r#""command":7"#, r#""command":"x","input":[]"#, r#""owner":"""#] {
+        for rest in [
+            r#""command":7"#,
+            r#""command":"x","input":[]"#,
+            r#""owner":"""#,
+        ] {
             let body = format!(r#"{{"traceId":"{t}",{rest}}}"#);
             let envelope = Envelope::parse(&body).unwrap();
             assert!(envelope.foreign.is_err(), "{body}");

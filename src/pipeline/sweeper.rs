@@ -84,10 +84,17 @@ impl Pipeline {
         let Some(after) = self.queue.as_ref().map(|_| self.config.redispatch_ms) else {
             return;
         };
-        match self.store.redispatch_stale(now_millis() - after, 1000).await {
+        match self
+            .store
+            .redispatch_stale(now_millis() - after, 1000)
+            .await
+        {
             Ok(0) => {}
             Ok(n) => {
-                tracing::warn!(commands = n, "commands waited too long for their message; sent again");
+                tracing::warn!(
+                    commands = n,
+                    "commands waited too long for their message; sent again"
+                );
                 self.wake.notify_one();
             }
             Err(e) => tracing::warn!(error = %e, "could not look for commands without a message"),

@@ -96,7 +96,9 @@ impl CommandQueue for SqsCommandQueue {
             match request.send().await {
                 Ok(out) => {
                     for ok in out.successful() {
-                        if let Some(trace) = ok.id().parse::<usize>().ok().and_then(|i| chunk.get(i)) {
+                        if let Some(trace) =
+                            ok.id().parse::<usize>().ok().and_then(|i| chunk.get(i))
+                        {
                             taken.push(*trace);
                         }
                     }
@@ -197,7 +199,11 @@ impl SqsPublisher {
         }
     }
 
-    fn entry(&self, i: usize, event: &OutboxEvent) -> Result<SendMessageBatchRequestEntry, PublishError> {
+    fn entry(
+        &self,
+        i: usize,
+        event: &OutboxEvent,
+    ) -> Result<SendMessageBatchRequestEntry, PublishError> {
         let attribute = |value: String| {
             MessageAttributeValue::builder()
                 .data_type("String")

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod auth;
+pub mod server;
 pub mod sqs;
 
 use std::path::PathBuf;

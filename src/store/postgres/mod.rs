@@ -912,9 +912,10 @@ impl Store for PgStore {
             TraceState::Succeeded | TraceState::Failed | TraceState::DeadLettered => {
                 TraceClaim::Terminal
             }
-            TraceState::Pending | TraceState::Retrying => {
-                TraceClaim::NotDue(row.try_get::<Option<i64>, _>("next_attempt_at")?.unwrap_or(now))
-            }
+            TraceState::Pending | TraceState::Retrying => TraceClaim::NotDue(
+                row.try_get::<Option<i64>, _>("next_attempt_at")?
+                    .unwrap_or(now),
+            ),
             TraceState::Running => {
                 let claim = claim_from_row(&row)?;
                 if claim.lease_expires_at < now {
@@ -947,7 +948,8 @@ impl Store for PgStore {
         if created == 0 {
             return Ok(false);
         }
-        let events = append_events(&mut tx, &self.node, command.trace_id, None, now, &[event]).await?;
+        let events =
+            append_events(&mut tx, &self.node, command.trace_id, None, now, &[event]).await?;
         tx.commit().await?;
         self.sink.committed(&events);
         Ok(true)
@@ -1054,7 +1056,11 @@ impl Store for PgStore {
             "DELETE FROM dispatch d USING UNNEST($1::text[], $2::bigint[]) AS u(t, c)
              WHERE d.trace_id = u.t AND d.created_at = u.c",
         )
-        .bind(sent.iter().map(|d| d.trace_id.to_string()).collect::<Vec<_>>())
+        .bind(
+            sent.iter()
+                .map(|d| d.trace_id.to_string())
+                .collect::<Vec<_>>(),
+        )
         .bind(sent.iter().map(|d| d.created_at).collect::<Vec<_>>())
         .execute(&self.pool)
         .await?;
