@@ -54,11 +54,14 @@ impl Server {
             .expect("spawning tether");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let url = loop {
-            let line = lines.next()?.ok()?;
-            if let Some(rest) = line.strip_prefix("tether is ready on ") {
-                break rest.split_whitespace().next().expect("url").to_owned();
-            }
+        let ready = lines.by_ref().map_while(Result::ok).find_map(|line| {
+            let rest = line.strip_prefix("tether is ready on ")?;
+            Some(rest.split_whitespace().next().expect("url").to_owned())
+        });
+        let Some(url) = ready else {
+            // It exited before it was ready: reap it.
+            let _ = child.wait();
+            return None;
         };
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
