@@ -93,6 +93,8 @@ struct Opts {
     only_subs: bool,
     /// `--pg`: run just the PostgreSQL phase (`pg.rs`); `--write` records it in its own section.
     pg: bool,
+    /// `--sqs`: run just the SQS phase (`pg/sqs.rs`): the DB queue against SQS on the emulator.
+    sqs: bool,
     write: bool,
     keep: bool,
     /// Length of the raw-insert and accept phases.
@@ -130,6 +132,7 @@ impl Opts {
                 "--only",
                 "subs",
                 "--pg",
+                "--sqs",
             ]
             .contains(&a.as_str())
             {
@@ -141,6 +144,7 @@ impl Opts {
             quick,
             only_subs,
             pg: has("--pg"),
+            sqs: has("--sqs"),
             write: if only_subs {
                 false
             } else if quick {
@@ -2195,6 +2199,9 @@ async fn main() -> anyhow::Result<()> {
 
     if opts.pg {
         return pg::main(&root, &dir, &opts).await;
+    }
+    if opts.sqs {
+        return pg::sqs::main(&root, &dir, &opts).await;
     }
 
     let mut crashed = Vec::new();

@@ -37,6 +37,9 @@ use sqlx::{PgConnection, PgPool};
 
 use super::*;
 
+#[path = "pg/sqs.rs"]
+pub(super) mod sqs;
+
 /// What the benchmark asks of a trace, alternately.
 const TRACE_WITH_EVENTS: &str = "query($t: ID!) { trace(traceId: $t) { state attempts events { seq component status timestamp state } } }";
 
@@ -185,8 +188,8 @@ async fn migrate(url: &str) -> anyhow::Result<()> {
 }
 
 /// `tether serve --role api` on a free port.
-async fn start_api(dir: &Path, name: &str, url: &str) -> anyhow::Result<Server> {
-    let args: Vec<String> = [
+async fn start_api(dir: &Path, name: &str, url: &str, extra: &[String]) -> anyhow::Result<Server> {
+    let mut args: Vec<String> = [
         "serve",
         "--role",
         "api",
@@ -197,6 +200,7 @@ async fn start_api(dir: &Path, name: &str, url: &str) -> anyhow::Result<Server> 
     ]
     .map(String::from)
     .into();
+    args.extend_from_slice(extra);
     let (child, ready) = spawn_tether_with(dir, name, &args, READY_API)?;
     Server::ready(name, child, ready).await
 }
@@ -206,8 +210,10 @@ fn spawn_worker(
     dir: &Path,
     name: &str,
     url: &str,
+    extra: &[String],
 ) -> anyhow::Result<(ChildGuard, oneshot::Receiver<String>)> {
-    let args: Vec<String> = ["worker", "--database-url", url].map(String::from).into();
+    let mut args: Vec<String> = ["worker", "--database-url", url].map(String::from).into();
+    args.extend_from_slice(extra);
     spawn_tether_with(dir, name, &args, READY_WORKER)
 }
 
@@ -973,10 +979,11 @@ async fn tether_drain(
     workers: usize,
     n: u64,
     opts: &Opts,
+    extra: &[String],
 ) -> anyhow::Result<DrainRun> {
     let url = env.url(db);
     migrate(&url).await?;
-    let api = start_api(dir, &format!("{db}-api"), &url).await?;
+    let api = start_api(dir, &format!("{db}-api"), &url, extra).await?;
     let backlog = run_accepts_bounded(
         api.addr,
         opts.concurrency,
@@ -997,7 +1004,7 @@ async fn tether_drain(
     let spawned = Instant::now();
     let mut children = Vec::new();
     for i in 0..workers {
-        let (child, _ready) = spawn_worker(dir, &format!("{db}-worker-{i}"), &url)?;
+        let (child, _ready) = spawn_worker(dir, &format!("{db}-worker-{i}"), &url, extra)?;
         children.push(child);
     }
     let labels: Vec<(u32, &str)> = children
@@ -1067,12 +1074,13 @@ async fn start_cluster(
     env: &Env,
     db: &str,
     workers: usize,
+    extra: &[String],
 ) -> anyhow::Result<(Server, Vec<ChildGuard>)> {
     let url = env.url(db);
-    let api = start_api(dir, &format!("{db}-e2e-api"), &url).await?;
+    let api = start_api(dir, &format!("{db}-e2e-api"), &url, extra).await?;
     let mut children = Vec::new();
     for i in 0..workers {
-        let (child, ready) = spawn_worker(dir, &format!("{db}-e2e-worker-{i}"), &url)?;
+        let (child, ready) = spawn_worker(dir, &format!("{db}-e2e-worker-{i}"), &url, extra)?;
         timeout(Duration::from_secs(30), ready)
             .await
             .map_err(|_| anyhow!("worker {i}: not ready within 30 s"))?
@@ -1493,7 +1501,7 @@ async fn measure_queries(
 
 /// `serve --role api` on `db`, warmed up for a second (pool connections, prepared statements).
 async fn warm_api(dir: &Path, env: &Env, db: &str, opts: &Opts) -> anyhow::Result<Server> {
-    let api = start_api(dir, &format!("{db}-api"), &env.url(db)).await?;
+    let api = start_api(dir, &format!("{db}-api"), &env.url(db), &[]).await?;
     let _ = run_accepts(api.addr, opts.concurrency, Duration::from_secs(1)).await;
     Ok(api)
 }
@@ -1670,7 +1678,7 @@ pub(super) async fn main(root: &Path, dir: &Path, opts: &Opts) -> anyhow::Result
                 continue;
             }
         };
-        match tether_drain(&env, dir, &db, workers, n, opts).await {
+        match tether_drain(&env, dir, &db, workers, n, opts, &[]).await {
             Ok(run) => {
                 let done = run.busy_rate();
                 if workers == 1 {
@@ -1689,7 +1697,7 @@ pub(super) async fn main(root: &Path, dir: &Path, opts: &Opts) -> anyhow::Result
                             best / 2.0
                         );
                         let e2e = async {
-                            let (api, _workers) = start_cluster(dir, &env, &db, count).await?;
+                            let (api, _workers) = start_cluster(dir, &env, &db, count, &[]).await?;
                             e2e_under_load(&api, &env.url(&db), best / 2.0, count, opts).await
                         };
                         match e2e.await {
