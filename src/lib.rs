@@ -12,14 +12,18 @@
 //! 3. The CommandApi ([`pipeline::command_api`]) validates the input with the command's handler
 //!    (fail fast), and the [`store`] commits the command row and its `ACCEPTED` trace event in
 //!    one transaction — concurrent accepts share one commit. The client gets the trace ID.
+//!    With `--queue sqs` that transaction also writes a dispatch row, and the dispatcher
+//!    ([`pipeline::dispatcher`]) sends it to the SQS command queue ([`queue::sqs`]).
 //! 4. The TransactionListener ([`pipeline::listener`]) wakes, claims the command with a lease
 //!    and hands it to the TransactionManager ([`pipeline::manager`]), which keeps the lease
-//!    alive and asks the CommandBuilder ([`pipeline::builder`]) for the handler.
+//!    alive and asks the CommandBuilder ([`pipeline::builder`]) for the handler. On SQS,
+//!    [`pipeline::queue_listener`] receives a message instead and lets the command row decide
+//!    what it means (run, skip, wait, or adopt a foreign producer's command).
 //! 5. The command ([`ports::Invokable`], example handlers in [`commands`]) runs in one
 //!    transaction that also holds the lease check (fencing), the dedup mark, the outbox rows
 //!    from the EventCollector ([`pipeline::collector`]) and the trace events.
 //! 6. The EventEmitter ([`pipeline::emitter`]) relays committed outbox rows to the publisher
-//!    (the in-process [`bus`]) at least once, with stable event IDs.
+//!    (the in-process [`bus`], or an SQS queue) at least once, with stable event IDs.
 //! 7. A failure goes to the ErrorHandler ([`pipeline::error_handler`]): business errors end
 //!    in `FAILED`, technical ones retry with backoff and jitter ([`pipeline::retry`]); after
 //!    4 attempts the command becomes a dead letter. The sweeper ([`pipeline::sweeper`])
@@ -32,7 +36,8 @@
 //!    protocol, or AppSync's real-time protocol at `/graphql/realtime`); async-graphql checks
 //!    each subscription once and [`schema::live`] then shapes every hub event for it.
 //!
-//! [`domain`] holds the pure types, [`ports`] the seams (Store, Publisher, Invokable), and
+//! [`domain`] holds the pure types, [`ports`] the seams (Store, CommandQueue, Publisher,
+//! Invokable), and
 //! [`app`] wires it all together; [`config`] is the one typed configuration.
 
 #![forbid(unsafe_code)]
