@@ -154,7 +154,6 @@ pub struct Rejected {
     /// When the message named a trace ID that has no command yet, the trace is created as
     /// `DEAD_LETTERED` with these events, so whoever follows it sees why.
     pub trace_events: Option<Vec<NewTraceEvent>>,
-    pub announce: OutboxEvent,
 }
 
 /// A row of the dispatch outbox: a command waiting to be sent to the command queue.
@@ -236,7 +235,8 @@ pub trait Store: Send + Sync + 'static {
     async fn adopt(&self, _command: NewCommand, _event: NewTraceEvent) -> Result<bool, StoreError> {
         Err(sqs_needs_postgres())
     }
-    /// Keeps a message that is not a valid command as a dead letter (idempotent by trace ID).
+    /// Keeps a message that is not a valid command as a dead letter, announced by a
+    /// `CommandDeadLettered` outbox row like any other (idempotent by trace ID).
     async fn reject(&self, _rejected: Rejected) -> Result<(), StoreError> {
         Err(sqs_needs_postgres())
     }

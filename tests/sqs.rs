@@ -560,10 +560,7 @@ async fn poison_run(max_receive: u32) -> (i64, Value) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let server = match server {
-        Some(s) if s.child.id() > 0 => s,
-        _ => Server::start(&db, &extra),
-    };
+    let server = server.unwrap_or_else(|| Server::start(&db, &extra));
     let trace = server.wait_terminal(&trace_id).await;
     drop(server);
     assert_eq!(trace["state"], "DEAD_LETTERED");

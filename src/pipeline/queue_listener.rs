@@ -24,9 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use super::Pipeline;
 use super::command_api::check;
-use crate::domain::{
-    Component, NewCommand, NewTraceEvent, OutboxEvent, Status, TraceId, now_millis,
-};
+use crate::domain::{Component, NewCommand, NewTraceEvent, Status, TraceId, now_millis};
 use crate::ports::{CommandQueue, QueueMessage, Rejected, TraceClaim};
 
 /// A message is looked at this many times in one receive before it is left to come back.
@@ -250,15 +248,6 @@ impl Pipeline {
         });
         let rejected = Rejected {
             trace_id,
-            announce: OutboxEvent {
-                event_id: uuid::Uuid::now_v7(),
-                trace_id,
-                event_type: "CommandDeadLettered".into(),
-                payload: serde_json::json!({
-                    "traceId": trace_id.to_string(), "commandType": command_type,
-                    "attempts": 0, "error": error,
-                }),
-            },
             command_type,
             owner: owner.unwrap_or_else(|| self.config.default_owner.clone()),
             body: message.body.clone(),

@@ -81,9 +81,10 @@ impl Pipeline {
 
     /// SQS mode: commands left due for too long get a new message.
     async fn redispatch(&self) {
-        let Some(after) = self.queue.as_ref().map(|_| self.config.redispatch_ms) else {
+        if self.queue.is_none() {
             return;
-        };
+        }
+        let after = self.config.redispatch_ms;
         match self
             .store
             .redispatch_stale(now_millis() - after, 1000)

@@ -97,7 +97,7 @@ pub use sqlite::SqliteStore;
 use serde_json::Value;
 
 use crate::domain::{Claim, Component, NewTraceEvent, OutboxEvent, Status, TraceId, TraceState};
-use crate::ports::{Failure, StoreError};
+use crate::ports::StoreError;
 
 fn parse_trace_id(s: &str) -> Result<TraceId, StoreError> {
     TraceId::parse(s).ok_or_else(|| StoreError::Corrupt(format!("bad trace id {s:?}")))
@@ -130,14 +130,14 @@ fn picked_events(claim: &Claim, lease_ms: i64, from: &str) -> [NewTraceEvent; 2]
 }
 
 /// The side effect announcing a dead letter, written with it.
-fn dead_lettered(claim: &Claim, failure: &Failure) -> OutboxEvent {
+fn dead_lettered(trace_id: TraceId, command_type: &str, attempts: i32, error: &str) -> OutboxEvent {
     OutboxEvent {
         event_id: uuid::Uuid::now_v7(),
-        trace_id: claim.trace_id,
+        trace_id,
         event_type: "CommandDeadLettered".into(),
         payload: serde_json::json!({
-            "traceId": claim.trace_id.to_string(), "commandType": claim.command_type,
-            "attempts": claim.attempt, "error": failure.error,
+            "traceId": trace_id.to_string(), "commandType": command_type,
+            "attempts": attempts, "error": error,
         }),
     }
 }

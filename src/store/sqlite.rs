@@ -699,7 +699,12 @@ impl Store for SqliteStore {
                      FROM commands WHERE trace_id = ?3",
                 )?
                 .execute(params![failure.error, now, id])?;
-                let event = dead_lettered(&claim, &failure);
+                let event = dead_lettered(
+                    claim.trace_id,
+                    &claim.command_type,
+                    claim.attempt,
+                    &failure.error,
+                );
                 insert_outbox(conn, &event, now)?;
             }
             append_events(

@@ -45,7 +45,7 @@ impl Server {
                 "--poll-ms",
                 "50",
             ])
-            .args(db.sqs.as_ref().map(|q| q.args()).unwrap_or_default())
+            .envs(db.sqs.as_ref().map(|q| q.env()).unwrap_or_default())
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())

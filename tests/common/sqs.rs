@@ -101,27 +101,7 @@ impl Queues {
         c.sqs_event_queue_url = Some(self.events.clone());
     }
 
-    /// The same for a spawned binary.
-    pub fn args(&self) -> Vec<String> {
-        [
-            "--queue",
-            "sqs",
-            "--sqs-command-queue-url",
-            &self.commands,
-            "--sqs-event-queue-url",
-            &self.events,
-            "--aws-endpoint-url",
-            &self.endpoint,
-            "--aws-region",
-            "us-east-1",
-            "--sqs-wait-seconds",
-            "1",
-        ]
-        .map(str::to_owned)
-        .to_vec()
-    }
-
-    /// The same as environment variables (with dummy credentials).
+    /// SQS mode for a spawned binary, as environment variables (with dummy credentials).
     pub fn env(&self) -> Vec<(String, String)> {
         [
             ("TETHER_QUEUE", "sqs"),

@@ -781,7 +781,12 @@ impl Store for PgStore {
             .bind(&id)
             .execute(&mut *tx)
             .await?;
-            let event = dead_lettered(claim, &failure);
+            let event = dead_lettered(
+                claim.trace_id,
+                &claim.command_type,
+                claim.attempt,
+                &failure.error,
+            );
             insert_outbox(&mut tx, &event, now).await?;
         }
         let events = append_events(
@@ -957,6 +962,8 @@ impl Store for PgStore {
 
     async fn reject(&self, rejected: Rejected) -> Result<(), StoreError> {
         let id = rejected.trace_id.to_string();
+        // The body as received, kept as a JSON string.
+        let body = serde_json::Value::from(rejected.body.as_str()).to_string();
         let now = now_millis();
         let mut tx = self.pool.begin().await?;
         let mut events = Vec::new();
@@ -969,7 +976,7 @@ impl Store for PgStore {
             )
             .bind(&id)
             .bind(&rejected.command_type)
-            .bind(serde_json::Value::from(rejected.body.as_str()).to_string())
+            .bind(&body)
             .bind(&rejected.owner)
             .bind(&rejected.error)
             .bind(now)
@@ -997,14 +1004,20 @@ impl Store for PgStore {
         .bind(&id)
         .bind(&rejected.command_type)
         .bind(&rejected.owner)
-        .bind(serde_json::Value::from(rejected.body.as_str()).to_string())
+        .bind(&body)
         .bind(&rejected.error)
         .bind(now)
         .execute(&mut *tx)
         .await?
         .rows_affected();
         if kept == 1 {
-            insert_outbox(&mut tx, &rejected.announce, now).await?;
+            let event = dead_lettered(
+                rejected.trace_id,
+                &rejected.command_type,
+                0,
+                &rejected.error,
+            );
+            insert_outbox(&mut tx, &event, now).await?;
         }
         tx.commit().await?;
         self.sink.committed(&events);
