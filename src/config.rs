@@ -234,8 +234,8 @@ pub struct Config {
     #[arg(long, env = "TETHER_FAULT_INJECTION")]
     pub fault_injection: bool,
 
-    /// Attempts in flight at once.
-    #[arg(long, env = "TETHER_WORKERS", default_value_t = 16)]
+    /// Attempts in flight at once (on PostgreSQL, those finishing together share a commit).
+    #[arg(long, env = "TETHER_WORKERS", default_value_t = 64)]
     pub workers: usize,
     /// Lease of a running attempt.
     #[arg(long, env = "TETHER_LEASE_MS", default_value_t = 30_000)]

@@ -369,7 +369,16 @@ async fn duplicate_deliveries_to_two_workers_run_the_command_once() {
     for _ in 0..4 {
         send_copy(trace_id.clone()).await;
     }
-    let trace = second.wait_state(ALICE, &trace_id, &["SUCCEEDED"]).await;
+    second.wait_state(ALICE, &trace_id, &["SUCCEEDED"]).await;
+    // The emitter reports on the trace after the commit: the trace is complete once it has.
+    wait_count(
+        &first.db,
+        "SELECT count(*) FROM trace_events WHERE component = 'EventEmitter'",
+        1,
+        "the order's event published",
+    )
+    .await;
+    let trace = second.trace(ALICE, &trace_id).await;
     // And a copy after the end is deleted without running anything.
     send_copy(trace_id.clone()).await;
     wait_empty(&queues, &queues.commands).await;

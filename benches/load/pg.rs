@@ -43,8 +43,10 @@ pub(super) mod sqs;
 /// What the benchmark asks of a trace, alternately.
 const TRACE_WITH_EVENTS: &str = "query($t: ID!) { trace(traceId: $t) { state attempts events { seq component status timestamp state } } }";
 
-/// Attempts in flight per executor process on both sides (tether's `--workers` default).
+/// graphile-worker's jobs in flight per process.
 const CONCURRENCY_PER_PROCESS: usize = 16;
+/// tether's attempts in flight per worker process (its `--workers` default).
+const TETHER_IN_FLIGHT: usize = 64;
 
 const READY_WORKER: &str = "tether worker ready";
 
@@ -213,6 +215,7 @@ fn spawn_worker(
     extra: &[String],
 ) -> anyhow::Result<(ChildGuard, oneshot::Receiver<String>)> {
     let mut args: Vec<String> = ["worker", "--database-url", url].map(String::from).into();
+    args.extend(["--workers".into(), TETHER_IN_FLIGHT.to_string()]);
     args.extend_from_slice(extra);
     spawn_tether_with(dir, name, &args, READY_WORKER)
 }
@@ -1661,15 +1664,27 @@ pub(super) async fn main(root: &Path, dir: &Path, opts: &Opts) -> anyhow::Result
         .await
         .unwrap_or_else(|e| format!("unknown ({e:#})"));
     let n = opts.pg_backlog as u64;
+    // For working on one part: TETHER_BENCH_PG_PHASES=1,2 runs those phases only (not written).
+    let only = std::env::var("TETHER_BENCH_PG_PHASES").ok();
+    let run = |phase: &str| {
+        only.as_ref()
+            .is_none_or(|o| o.split(',').any(|p| p == phase))
+    };
+    anyhow::ensure!(
+        only.is_none() || !opts.write,
+        "TETHER_BENCH_PG_PHASES runs part of the phase; it is not written to BENCHMARKS.md"
+    );
 
     // 1. Accepts and pgbench.
-    eprintln!("load: (pg) 1. accepts / pgbench / pgbench / accepts …");
-    if let Err(e) = accepts_vs_pgbench(&env, dir, opts, &mut r).await {
-        r.failures.push(format!("accepts and pgbench: {e:#}"));
+    if run("1") {
+        eprintln!("load: (pg) 1. accepts / pgbench / pgbench / accepts …");
+        if let Err(e) = accepts_vs_pgbench(&env, dir, opts, &mut r).await {
+            r.failures.push(format!("accepts and pgbench: {e:#}"));
+        }
     }
 
     // 2. tether workers: 1, then 2; the end-to-end latency with the faster count.
-    for workers in [1, 2] {
+    for workers in [1, 2].into_iter().filter(|_| run("2")) {
         eprintln!("load: (pg) 2. backlog of {n}, drained by {workers} tether worker(s) …");
         let db = match env.create_db(&format!("w{workers}")).await {
             Ok(db) => db,
@@ -1714,6 +1729,7 @@ pub(super) async fn main(root: &Path, dir: &Path, opts: &Opts) -> anyhow::Result
 
     // 3. graphile-worker.
     match &env.peer {
+        Ok(_) if !run("3") => {}
         Ok(peer) => {
             for (mode, processes) in [("default", 1), ("batched", 1)] {
                 eprintln!(
@@ -1770,13 +1786,15 @@ pub(super) async fn main(root: &Path, dir: &Path, opts: &Opts) -> anyhow::Result
     }
 
     // 4. Empty and loaded tables.
-    eprintln!(
-        "load: (pg) 4. bulk load of {} trace_events rows, then accepts and trace queries on an \
-         empty and the loaded database …",
-        opts.pg_trace_rows
-    );
-    if let Err(e) = empty_vs_loaded(&env, dir, opts, &mut r).await {
-        r.failures.push(format!("empty and loaded tables: {e:#}"));
+    if run("4") {
+        eprintln!(
+            "load: (pg) 4. bulk load of {} trace_events rows, then accepts and trace queries on \
+             an empty and the loaded database …",
+            opts.pg_trace_rows
+        );
+        if let Err(e) = empty_vs_loaded(&env, dir, opts, &mut r).await {
+            r.failures.push(format!("empty and loaded tables: {e:#}"));
+        }
     }
 
     let server_log = scan_logs(dir, 20);
@@ -1921,7 +1939,7 @@ fn rows(r: &Results, opts: &Opts) -> Vec<Row> {
         if let Some(run) = run {
             rows.push(row(
                 &format!(
-                    "(2) tether executed commands/s, {label} ({CONCURRENCY_PER_PROCESS} attempts in flight each), backlog {}",
+                    "(2) tether executed commands/s, {label} ({TETHER_IN_FLIGHT} attempts in flight each), backlog {}",
                     run.backlog
                 ),
                 run.describe("commands"),

@@ -137,6 +137,27 @@ impl NewTraceEvent {
         self.detail = Some(detail);
         self
     }
+
+    /// The event as written: its trace, sequence number, time and the trace's state.
+    pub fn numbered(
+        self,
+        trace_id: TraceId,
+        seq: i64,
+        at: Millis,
+        state: TraceState,
+    ) -> TraceEvent {
+        TraceEvent {
+            trace_id,
+            seq,
+            component: self.component,
+            status: self.status,
+            at,
+            attempt: self.attempt,
+            message: Some(self.message),
+            detail: self.detail,
+            state,
+        }
+    }
 }
 
 /// One committed step of a trace. `seq` is strictly increasing per trace (G5).

@@ -19,43 +19,54 @@ use crate::domain::now_millis;
 impl Pipeline {
     pub async fn listen(self, cancel: CancellationToken, attempts: TaskTracker) {
         // One permit per attempt in flight: bounds memory and database pressure (G8).
-        let slots = Arc::new(Semaphore::new(self.config.workers.max(1)));
+        let workers = self.config.workers.max(1);
+        let slots = Arc::new(Semaphore::new(workers));
+        // While a backlog waits (the last claim got all it asked for), claim only once half
+        // the slots are free: one claim, and one group commit, for many attempts.
+        let mut backlog = false;
         loop {
             if cancel.is_cancelled() {
                 break;
             }
             let poll = self.idle_wait();
             let free = slots.available_permits();
-            let mut claimed = 0;
-            if free > 0 {
-                match self.store.claim(free, self.config.lease_ms).await {
-                    Ok(claims) => {
-                        claimed = claims.len();
-                        for claim in claims {
-                            let Ok(permit) = slots.clone().acquire_owned().await else {
-                                break;
-                            };
-                            let pipeline = self.clone();
-                            let cancel = cancel.clone();
-                            attempts.spawn(async move {
-                                pipeline.run_attempt(claim, cancel).await;
-                                drop(permit);
-                                pipeline.wake.notify_one();
-                            });
-                        }
-                    }
-                    Err(e) => {
-                        // The database is unreachable: try again at the short interval.
-                        tracing::error!(error = %e, "claim failed");
-                        tokio::select! {
-                            _ = cancel.cancelled() => break,
-                            _ = tokio::time::sleep(self.short_wait()) => {}
-                        }
-                        continue;
-                    }
+            if free == 0 || (backlog && free < workers.div_ceil(2)) {
+                // Slots are busy: wait for an attempt to finish.
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = self.wake.notified() => {}
                 }
+                continue;
             }
-            if claimed > 0 && claimed == free {
+            let claimed = match self.store.claim(free, self.config.lease_ms).await {
+                Ok(claims) => {
+                    let claimed = claims.len();
+                    for claim in claims {
+                        let Ok(permit) = slots.clone().acquire_owned().await else {
+                            break;
+                        };
+                        let pipeline = self.clone();
+                        let cancel = cancel.clone();
+                        attempts.spawn(async move {
+                            pipeline.run_attempt(claim, cancel).await;
+                            drop(permit);
+                            pipeline.wake.notify_one();
+                        });
+                    }
+                    claimed
+                }
+                Err(e) => {
+                    // The database is unreachable: try again at the short interval.
+                    tracing::error!(error = %e, "claim failed");
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(self.short_wait()) => {}
+                    }
+                    continue;
+                }
+            };
+            backlog = claimed > 0 && claimed == free;
+            if backlog {
                 continue; // there may be more
             }
             let wait = match self.store.next_due().await {
@@ -65,14 +76,6 @@ impl Pipeline {
                 Ok(None) => poll,
                 Err(_) => self.short_wait(),
             };
-            if wait.is_zero() && free == 0 {
-                // Everything is due but no slot is free: wait for an attempt to finish.
-                tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    _ = self.wake.notified() => {}
-                }
-                continue;
-            }
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = self.wake.notified() => {}

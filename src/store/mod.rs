@@ -111,19 +111,32 @@ fn parse_json(s: &str) -> Result<Value, StoreError> {
     serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("bad JSON column: {e}")))
 }
 
+/// How many events a claim writes on its trace.
+const PICKED_EVENTS: usize = 2;
+
+/// The words after the command type and after `attempt <n>` in the picked-up events (the
+/// PostgreSQL claim writes those events in SQL, from these).
+fn picked_suffixes(lease_ms: i64, from: &str) -> (String, String) {
+    (
+        format!(" picked up from {from}"),
+        format!(" started (lease {lease_ms} ms)"),
+    )
+}
+
 /// The events a claim writes on its trace: picked up (from where), attempt started.
-fn picked_events(claim: &Claim, lease_ms: i64, from: &str) -> [NewTraceEvent; 2] {
+fn picked_events(claim: &Claim, lease_ms: i64, from: &str) -> [NewTraceEvent; PICKED_EVENTS] {
+    let (picked, started) = picked_suffixes(lease_ms, from);
     [
         NewTraceEvent::new(
             Component::TransactionListener,
             Status::Accepted,
-            format!("{} picked up from {from}", claim.command_type),
+            format!("{}{picked}", claim.command_type),
         )
         .attempt(claim.attempt),
         NewTraceEvent::new(
             Component::TransactionManager,
             Status::Accepted,
-            format!("attempt {} started (lease {} ms)", claim.attempt, lease_ms),
+            format!("attempt {}{started}", claim.attempt),
         )
         .attempt(claim.attempt),
     ]

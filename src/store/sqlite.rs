@@ -449,17 +449,7 @@ fn append_events(
             state.as_str(),
             at
         ])?;
-        out.push(TraceEvent {
-            trace_id,
-            seq,
-            component: e.component,
-            status: e.status,
-            at,
-            attempt: e.attempt,
-            message: Some(e.message.clone()),
-            detail: e.detail.clone(),
-            state,
-        });
+        out.push(e.clone().numbered(trace_id, seq, at, state));
     }
     Ok(())
 }

@@ -1,10 +1,17 @@
 //! Trace events and wake-ups across processes, over `LISTEN/NOTIFY`.
 //!
-//! * Every transaction that appends trace events also sends a notice on [`EVENTS_CHANNEL`]:
-//!   the writer's node ID and, per trace, the first and last sequence number it wrote. Postgres
-//!   delivers notices only after the commit, to every listening process.
-//! * Transactions that make work runnable (accepts, releases, replays) notify
-//!   [`WORK_CHANNEL`]; workers wake up and claim.
+//! * After every commit that appended trace events, the writer announces them on
+//!   [`EVENTS_CHANNEL`]: its node ID and, per trace, the first and last sequence number
+//!   written. After a commit that made work runnable (accepts, releases, replays, retries) it
+//!   announces [`WORK_CHANNEL`], and workers wake up and claim.
+//! * Announcements are sent by one task per process ([`announce`]), after the commit and
+//!   outside the writing transaction: everything committed meanwhile goes out in one
+//!   statement on a connection with `synchronous_commit = off`. A `NOTIFY` inside the writing
+//!   transaction would hold a cluster-wide lock from before its commit until its WAL flush,
+//!   so no two such commits could share an fsync.
+//! * A notice lost that way (the writer died between its commit and the announcement, or the
+//!   announcing connection failed) delays events, never loses them: the sequencer checks every
+//!   [`CHECK_EVERY`] whether a watched trace has events it has not delivered, and workers poll.
 //! * The [`Feed`] is the one path to the hub. Events this process committed come in directly;
 //!   notices from other processes come as keys, and their rows are read from the database,
 //!   for the traces someone here subscribes to only. Per trace, the feed remembers the last
@@ -38,16 +45,21 @@ const MAX_PAYLOAD: usize = 7_900;
 /// Events of one trace written by one transaction: `(trace, first seq, last seq)`.
 pub(super) type Range = (TraceId, i64, i64);
 
-/// Notice payloads for `events`: `node|trace first last|trace first last…`, split below the
-/// payload limit.
-pub(super) fn notices(node: &str, events: &[TraceEvent]) -> Vec<String> {
-    let mut ranges: Vec<Range> = Vec::new();
+/// The ranges `events` cover, one per run of consecutive sequence numbers of a trace.
+fn ranges(events: &[TraceEvent]) -> Vec<Range> {
+    let mut out: Vec<Range> = Vec::new();
     for e in events {
-        match ranges.last_mut() {
+        match out.last_mut() {
             Some((t, _, last)) if *t == e.trace_id && *last + 1 == e.seq => *last = e.seq,
-            _ => ranges.push((e.trace_id, e.seq, e.seq)),
+            _ => out.push((e.trace_id, e.seq, e.seq)),
         }
     }
+    out
+}
+
+/// Notice payloads for `ranges`: `node|trace first last|trace first last…`, split below the
+/// payload limit.
+fn notices(node: &str, ranges: &[Range]) -> Vec<String> {
     let mut out = Vec::new();
     let mut payload = String::new();
     for (trace, first, last) in ranges {
@@ -90,15 +102,22 @@ enum Msg {
     Resync,
 }
 
-/// The path from committed events to the hub; see the module doc.
+/// What one commit asks the announcer to tell other processes.
+struct Announcement {
+    ranges: Vec<Range>,
+    work: bool,
+}
+
+/// The path from committed events to the hub, and to other processes; see the module doc.
 pub struct Feed {
     tx: mpsc::UnboundedSender<Msg>,
+    announce: mpsc::UnboundedSender<Announcement>,
     live: Arc<Live>,
 }
 
 impl Feed {
-    /// Starts the sequencer and the listener; both stop with `stop`. `node` names this
-    /// process in its notices; `wake` is the workers' wake-up.
+    /// Starts the sequencer, the announcer and the listener; all stop with `stop`. `node`
+    /// names this process in its notices; `wake` is the workers' wake-up.
     pub(super) fn start(
         hub: Arc<dyn TraceSink>,
         pool: PgPool,
@@ -108,6 +127,7 @@ impl Feed {
         stop: CancellationToken,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
+        let (announce_tx, announce_rx) = mpsc::unbounded_channel();
         let live = Arc::new(Live::default());
         let retry = tx.clone();
         let sequencer = {
@@ -120,8 +140,18 @@ impl Feed {
             }
         };
         tokio::spawn(sequencer);
+        tokio::spawn(announce(
+            options.clone(),
+            node.clone(),
+            announce_rx,
+            stop.clone(),
+        ));
         tokio::spawn(listen(options, node, tx.clone(), wake, live.clone(), stop));
-        Self { tx, live }
+        Self {
+            tx,
+            announce: announce_tx,
+            live,
+        }
     }
 
     /// Whether notices arrive (the listener connection is up).
@@ -129,9 +159,81 @@ impl Feed {
         self.live.0.load(Ordering::Relaxed)
     }
 
+    /// After a commit: delivers its events here and announces them to other processes.
     pub(super) fn committed(&self, events: &[TraceEvent]) {
+        self.committed_work(events, false);
+    }
+
+    /// After a commit that also made work runnable: wakes the workers of every process too.
+    pub(super) fn committed_work(&self, events: &[TraceEvent], work: bool) {
         if !events.is_empty() {
             let _ = self.tx.send(Msg::Local(events.to_vec()));
+        }
+        if work || !events.is_empty() {
+            let _ = self.announce.send(Announcement {
+                ranges: ranges(events),
+                work,
+            });
+        }
+    }
+}
+
+/// Most announcements sent in one statement.
+const ANNOUNCE_BATCH: usize = 1024;
+
+/// Sends what commits announce, everything waiting in one statement, on a connection of its
+/// own whose transactions do not wait for their WAL flush (a notice is a hint: losing one to a
+/// crash only delays its reader until its next check).
+async fn announce(
+    options: PgConnectOptions,
+    node: Arc<str>,
+    mut rx: mpsc::UnboundedReceiver<Announcement>,
+    stop: CancellationToken,
+) {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_lazy_with(options.options([("synchronous_commit", "off")]));
+    let mut batch = Vec::with_capacity(ANNOUNCE_BATCH);
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        batch.clear();
+        let n = tokio::select! {
+            _ = stop.cancelled() => return,
+            n = rx.recv_many(&mut batch, ANNOUNCE_BATCH) => n,
+        };
+        if n == 0 {
+            return;
+        }
+        let mut all = Vec::new();
+        let mut work = false;
+        for a in batch.drain(..) {
+            all.extend(a.ranges);
+            work |= a.work;
+        }
+        let mut payloads = notices(&node, &all);
+        let mut channels = vec![EVENTS_CHANNEL; payloads.len()];
+        if work {
+            channels.push(WORK_CHANNEL);
+            payloads.push(String::new());
+        }
+        let sent =
+            sqlx::query("SELECT pg_notify(c, p) FROM UNNEST($1::text[], $2::text[]) AS u(c, p)")
+                .bind(channels)
+                .bind(payloads)
+                .execute(&pool)
+                .await;
+        match sent {
+            Ok(_) => backoff = BACKOFF_MIN,
+            Err(e) => {
+                // Readers catch up at their next check; workers poll meanwhile.
+                tracing::warn!(error = %e, notices = n, "sending notices failed");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(jitter(backoff)) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
         }
     }
 }
@@ -141,6 +243,10 @@ const BATCH: usize = 256;
 
 /// How long the feed waits before reading again after a failed read.
 const READ_RETRY: Duration = Duration::from_millis(200);
+
+/// How often the sequencer checks watched traces for events it has not delivered (a notice
+/// lost between a commit and its announcement).
+const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 async fn sequence(
     hub: Arc<dyn TraceSink>,
@@ -152,10 +258,22 @@ async fn sequence(
     let mut delivered: HashMap<TraceId, i64> = HashMap::new();
     let mut batch = Vec::with_capacity(BATCH);
     let mut last_prune = std::time::Instant::now();
+    let mut check = tokio::time::interval(CHECK_EVERY);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         batch.clear();
-        if rx.recv_many(&mut batch, BATCH).await == 0 {
-            return;
+        tokio::select! {
+            n = rx.recv_many(&mut batch, BATCH) => if n == 0 {
+                return;
+            },
+            _ = check.tick() => match behind(&pool, hub.as_ref(), &delivered).await {
+                Ok(ranges) if !ranges.is_empty() => batch.push(Msg::Remote(ranges)),
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "checking watched traces failed");
+                    continue;
+                }
+            },
         }
         let mut watching: HashMap<TraceId, bool> = HashMap::new();
         let mut is_watched = |t: TraceId| *watching.entry(t).or_insert_with(|| hub.watching(t));
@@ -243,6 +361,32 @@ async fn sequence(
             last_prune = std::time::Instant::now();
         }
     }
+}
+
+/// Watched traces with events past what was delivered: `(trace, delivered, last written)`.
+async fn behind(
+    pool: &PgPool,
+    hub: &dyn TraceSink,
+    delivered: &HashMap<TraceId, i64>,
+) -> Result<Vec<Range>, sqlx::Error> {
+    let watched = hub.watched();
+    if watched.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<String> = watched.iter().map(TraceId::to_string).collect();
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT trace_id, last_seq FROM commands WHERE trace_id = ANY($1)")
+            .bind(ids)
+            .fetch_all(pool)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, last)| {
+            let trace = TraceId::parse(&id)?;
+            let from = delivered.get(&trace).copied().unwrap_or(0);
+            (last > from).then_some((trace, from, last))
+        })
+        .collect())
 }
 
 /// Whether the listener connection is up; while it is down, workers poll at the short
@@ -354,7 +498,7 @@ mod tests {
     fn notices_carry_one_range_per_trace_and_parse_back() {
         let (a, b) = (TraceId::new(), TraceId::new());
         let events = [event(a, 3), event(a, 4), event(b, 1), event(a, 6)];
-        let payloads = notices("n1", &events);
+        let payloads = notices("n1", &ranges(&events));
         assert_eq!(payloads.len(), 1);
         let (node, ranges) = parse_notice(&payloads[0]).unwrap();
         assert_eq!(node, "n1");
@@ -364,7 +508,7 @@ mod tests {
     #[test]
     fn notices_stay_below_the_payload_limit() {
         let events: Vec<_> = (0..1000).map(|_| event(TraceId::new(), 1)).collect();
-        let payloads = notices("node", &events);
+        let payloads = notices("node", &ranges(&events));
         assert!(payloads.len() > 1);
         assert!(payloads.iter().all(|p| p.len() < 8000));
         let ranges: usize = payloads

@@ -2,38 +2,44 @@
 //! database.
 //!
 //! * **Accepts** are group-committed like on SQLite: a task drains whatever has arrived and
-//!   writes it with one multi-row statement per table (`UNNEST`), a few batches in flight at
-//!   once so one batch's commit overlaps the next one's statements.
+//!   writes it in one statement (the commands, their `ACCEPTED` events, their dispatch rows,
+//!   each table one multi-row `UNNEST` insert), a few batches in flight at once so one
+//!   batch's commit overlaps the next one's statement.
 //! * **Claims** use `FOR UPDATE SKIP LOCKED`, so any number of workers take disjoint commands
 //!   without waiting for each other; the lease token (`fence`) and the lease's expiry fence
-//!   every later write of the attempt (G3).
-//! * **Attempts** each run in their own transaction; Postgres runs them in parallel and its
-//!   WAL writer shares the fsyncs.
+//!   every later write of the attempt (G3). One statement claims many commands and writes
+//!   their picked-up events.
+//! * **Attempts** are group-committed too: the attempts of this process that finish together
+//!   share one transaction, one statement checking every lease and one writing every result;
+//!   see [`attempts`].
 //! * **Per-trace order.** Appending events first updates the trace's `commands` row, whose
 //!   lock orders writers of the same trace, so sequence numbers are gap-free. Commits of
 //!   different tasks can still reach the sink out of order; the [`feed`] in front of the hub
 //!   restores per-trace order, reading the database to fill any gap (G5).
-//! * **Across processes**, every transaction that appends events sends a `NOTIFY` with their
-//!   keys, and one that makes work runnable wakes the workers; see [`feed`].
+//! * **Across processes**, after every commit that appended events the writer announces their
+//!   keys, and after one that made work runnable it wakes the workers; see [`feed`].
 
+mod attempts;
 mod feed;
 
 use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::FutureExt;
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{Column, Connection, PgConnection, PgPool, Row, TypeInfo, ValueRef};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use feed::{EVENTS_CHANNEL, Feed, Range, WORK_CHANNEL, notices};
+use attempts::AttemptJob;
+use feed::{Feed, Range};
 
-use super::{dead_lettered, parse_json, parse_state, parse_trace_id, picked_events, published};
+use super::{
+    PICKED_EVENTS, dead_lettered, parse_json, parse_state, parse_trace_id, picked_events,
+    picked_suffixes, published,
+};
 use crate::domain::{
     Accepted, Claim, Component, DeadLetter, Millis, NewCommand, NewTraceEvent, OutboxEvent, Status,
     TraceEvent, TraceId, TraceRecord, TraceState, now_millis,
@@ -47,11 +53,15 @@ use crate::ports::{
 const MAX_ACCEPT_BATCH: usize = 512;
 /// Accept batches being written at once.
 const ACCEPT_BATCHES_IN_FLIGHT: usize = 4;
+/// Attempts waiting for a group commit (at most the executor's slots in practice).
+const ATTEMPT_QUEUE: usize = 4096;
 /// How long an emitter holds the outbox rows it took before others may take them.
 const OUTBOX_CLAIM_MS: i64 = 10_000;
 /// The same for dispatch rows. Shorter: a process that died holding rows delays those
 /// commands by this much, and a row sent twice only makes a duplicate message (harmless).
 const DISPATCH_CLAIM_MS: i64 = 3_000;
+/// Where claims say they picked a command up from.
+const QUEUE_TABLE: &str = "the commands table";
 
 pub struct PgStore {
     pool: PgPool,
@@ -59,6 +69,7 @@ pub struct PgStore {
     /// This process's name in its notices (a random ID per store).
     node: Arc<str>,
     accepts: mpsc::Sender<AcceptJob>,
+    attempts: mpsc::Sender<AttemptJob>,
     /// SQS mode: accepts and replays also write a dispatch row for the command queue.
     dispatch: bool,
     /// Stops the listener and the feed with the store.
@@ -102,18 +113,15 @@ impl PgStore {
             stop.clone(),
         ));
         let (accepts, rx) = mpsc::channel(accept_queue.max(1));
-        tokio::spawn(accept_loop(
-            pool.clone(),
-            sink.clone(),
-            node.clone(),
-            dispatch,
-            rx,
-        ));
+        tokio::spawn(accept_loop(pool.clone(), sink.clone(), dispatch, rx));
+        let (attempts, rx) = mpsc::channel(ATTEMPT_QUEUE);
+        tokio::spawn(attempts::commit_loop(pool.clone(), sink.clone(), rx));
         Ok(Self {
             pool,
             sink,
             node,
             accepts,
+            attempts,
             dispatch,
             _stop: stop.drop_guard(),
         })
@@ -128,7 +136,6 @@ impl PgStore {
 async fn accept_loop(
     pool: PgPool,
     sink: Arc<Feed>,
-    node: Arc<str>,
     dispatch: bool,
     mut rx: mpsc::Receiver<AcceptJob>,
 ) {
@@ -141,12 +148,12 @@ async fn accept_loop(
         if rx.recv_many(&mut batch, MAX_ACCEPT_BATCH).await == 0 {
             return;
         }
-        let (pool, sink, node) = (pool.clone(), sink.clone(), node.clone());
+        let (pool, sink) = (pool.clone(), sink.clone());
         tokio::spawn(async move {
             let commands: Vec<&NewCommand> = batch.iter().map(|j| &j.command).collect();
-            match accept_batch(&pool, &node, dispatch, &commands).await {
+            match accept_batch(&pool, dispatch, &commands).await {
                 Ok((results, events)) => {
-                    sink.committed(&events);
+                    sink.committed_work(&events, !events.is_empty());
                     for (job, result) in batch.into_iter().zip(results) {
                         let _ = job.reply.send(result);
                     }
@@ -167,26 +174,34 @@ async fn accept_loop(
 
 type AcceptResults = (Vec<Result<Accepted, StoreError>>, Vec<TraceEvent>);
 
-/// One group commit of accepts: new commands in one statement, the trace an idempotency key
-/// already names for the others, then the `ACCEPTED` events of the new ones.
+/// One group commit of accepts, one statement in its own transaction: the new commands, their
+/// `ACCEPTED` events and (SQS mode) their dispatch rows. A command whose idempotency key is
+/// already used inserts nothing; a second read finds the trace the key names.
 async fn accept_batch(
     pool: &PgPool,
-    node: &str,
     dispatch: bool,
     commands: &[&NewCommand],
 ) -> Result<AcceptResults, StoreError> {
     let now = now_millis();
     let payloads: Vec<String> = commands.iter().map(|c| c.payload.to_string()).collect();
     let ids: Vec<String> = commands.iter().map(|c| c.trace_id.to_string()).collect();
-    let mut tx = pool.begin().await?;
     // A key used twice in one batch, or already used, inserts nothing (ON CONFLICT).
     let inserted: Vec<String> = sqlx::query_scalar(
-        "INSERT INTO commands (trace_id, command_type, payload, owner, idempotency_key,
-             state, next_attempt_at, last_seq, created_at, updated_at)
-         SELECT t, c, p, o, k, 'PENDING', $6, 1, $6, $6
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS u(t, c, p, o, k)
-         ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-         RETURNING trace_id",
+        "WITH ins AS (
+             INSERT INTO commands (trace_id, command_type, payload, owner, idempotency_key,
+                 state, next_attempt_at, last_seq, created_at, updated_at)
+             SELECT t, c, p, o, k, 'PENDING', $6, 1, $6, $6
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+                 AS u(t, c, p, o, k)
+             ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+             RETURNING trace_id, command_type),
+         ev AS (
+             INSERT INTO trace_events (trace_id, seq, component, status, state, message, at)
+             SELECT trace_id, 1, 'CommandApi', 'ACCEPTED', 'PENDING', command_type || ' accepted', $6
+             FROM ins),
+         dis AS (
+             INSERT INTO dispatch (trace_id, created_at) SELECT trace_id, $6 FROM ins WHERE $7)
+         SELECT trace_id FROM ins",
     )
     .bind(&ids)
     .bind(
@@ -209,7 +224,8 @@ async fn accept_batch(
             .collect::<Vec<_>>(),
     )
     .bind(now)
-    .fetch_all(&mut *tx)
+    .bind(dispatch)
+    .fetch_all(pool)
     .await?;
     let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
 
@@ -229,7 +245,7 @@ async fn accept_batch(
         )
         .bind(&owners)
         .bind(&keys)
-        .fetch_all(&mut *tx)
+        .fetch_all(pool)
         .await?;
         for row in rows {
             existing.insert(
@@ -288,42 +304,6 @@ async fn accept_batch(
             },
         );
     }
-    if !events.is_empty() {
-        sqlx::query(
-            "INSERT INTO trace_events (trace_id, seq, component, status, state, message, at)
-             SELECT t, 1, 'CommandApi', 'ACCEPTED', 'PENDING', m, $3
-             FROM UNNEST($1::text[], $2::text[]) AS u(t, m)",
-        )
-        .bind(
-            events
-                .iter()
-                .map(|e| e.trace_id.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            events
-                .iter()
-                .map(|e| e.message.clone().unwrap_or_default())
-                .collect::<Vec<_>>(),
-        )
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        let mut payloads = notices(node, &events);
-        let mut channels = vec![EVENTS_CHANNEL; payloads.len()];
-        channels.push(WORK_CHANNEL);
-        payloads.push(String::new());
-        sqlx::query("SELECT pg_notify(c, p) FROM UNNEST($1::text[], $2::text[]) AS u(c, p)")
-            .bind(channels)
-            .bind(payloads)
-            .execute(&mut *tx)
-            .await?;
-        if dispatch {
-            let ids: Vec<String> = events.iter().map(|e| e.trace_id.to_string()).collect();
-            insert_dispatch(&mut tx, &ids, now).await?;
-        }
-    }
-    tx.commit().await?;
     Ok((results, events))
 }
 
@@ -346,21 +326,11 @@ async fn insert_dispatch(
     Ok(())
 }
 
-/// Wakes the workers of every process once this transaction commits.
-async fn notify_work(conn: &mut PgConnection) -> Result<(), StoreError> {
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(WORK_CHANNEL)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
-/// Appends events to a trace inside the caller's transaction: bumps its sequence counter (and
-/// state, if given), which locks the trace's row until commit, inserts the rows and sends
-/// their notice (delivered at commit).
+/// Appends events to one trace inside the caller's transaction, in one statement: bumps its
+/// sequence counter (and state, if given), which locks the trace's row until commit, and
+/// inserts the rows numbered from there.
 async fn append_events(
     conn: &mut PgConnection,
-    node: &str,
     trace_id: TraceId,
     state: Option<TraceState>,
     at: Millis,
@@ -369,154 +339,89 @@ async fn append_events(
     if new.is_empty() {
         return Ok(Vec::new());
     }
-    let id = trace_id.to_string();
-    let (last_seq, state): (i64, String) = sqlx::query_as(
-        "UPDATE commands SET last_seq = last_seq + $1, updated_at = $2,
-             state = coalesce($3, state)
-         WHERE trace_id = $4 RETURNING last_seq, state",
+    let row: Option<(i64, String)> = sqlx::query_as(
+        "WITH bump AS (
+             UPDATE commands SET last_seq = last_seq + $2, updated_at = $3,
+                 state = coalesce($4, state)
+             WHERE trace_id = $1
+             RETURNING last_seq - $2 AS base, state),
+         ins AS (
+             INSERT INTO trace_events
+                 (trace_id, seq, component, status, attempt, message, detail, state, at)
+             SELECT $1, b.base + e.i, e.c, e.st, e.a, e.m, e.d, b.state, $3
+             FROM bump b, UNNEST($5::text[], $6::text[], $7::int[], $8::text[], $9::text[])
+                 WITH ORDINALITY AS e(c, st, a, m, d, i))
+         SELECT base, state FROM bump",
     )
+    .bind(trace_id.to_string())
     .bind(new.len() as i64)
     .bind(at)
     .bind(state.map(|s| s.as_str()))
-    .bind(&id)
-    .fetch_one(&mut *conn)
-    .await?;
-    let state = parse_state(&state)?;
-    let first = last_seq - new.len() as i64 + 1;
-    let out: Vec<TraceEvent> = new
-        .iter()
-        .enumerate()
-        .map(|(i, e)| TraceEvent {
-            trace_id,
-            seq: first + i as i64,
-            component: e.component,
-            status: e.status,
-            at,
-            attempt: e.attempt,
-            message: Some(e.message.clone()),
-            detail: e.detail.clone(),
-            state,
-        })
-        .collect();
-    let notice = notices(node, &out).concat();
-    sqlx::query(
-        "WITH ins AS (
-             INSERT INTO trace_events (trace_id, seq, component, status, attempt, message, detail, state, at)
-             SELECT $1, s, c, st, a, m, d, $7, $8
-             FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::int[], $6::text[], $9::text[])
-                 AS u(s, c, st, a, m, d))
-         SELECT pg_notify($10, $11)",
-    )
-    .bind(&id)
-    .bind(out.iter().map(|e| e.seq).collect::<Vec<_>>())
-    .bind(out.iter().map(|e| e.component.as_str()).collect::<Vec<_>>())
-    .bind(out.iter().map(|e| e.status.as_str()).collect::<Vec<_>>())
-    .bind(out.iter().map(|e| e.attempt).collect::<Vec<_>>())
-    .bind(out.iter().map(|e| e.message.clone()).collect::<Vec<_>>())
-    .bind(state.as_str())
-    .bind(at)
+    .bind(new.iter().map(|e| e.component.as_str()).collect::<Vec<_>>())
+    .bind(new.iter().map(|e| e.status.as_str()).collect::<Vec<_>>())
+    .bind(new.iter().map(|e| e.attempt).collect::<Vec<_>>())
+    .bind(new.iter().map(|e| e.message.as_str()).collect::<Vec<_>>())
     .bind(
-        out.iter()
+        new.iter()
             .map(|e| e.detail.as_ref().map(Value::to_string))
             .collect::<Vec<_>>(),
     )
-    .bind(EVENTS_CHANNEL)
-    .bind(notice)
-    .execute(&mut *conn)
+    .fetch_optional(&mut *conn)
     .await?;
-    Ok(out)
+    let Some((base, state)) = row else {
+        return Err(StoreError::Failed(format!(
+            "trace {trace_id} has no command row to append events to"
+        )));
+    };
+    let state = parse_state(&state)?;
+    Ok(new
+        .iter()
+        .enumerate()
+        .map(|(i, e)| e.clone().numbered(trace_id, base + 1 + i as i64, at, state))
+        .collect())
 }
 
 async fn insert_outbox(
     conn: &mut PgConnection,
-    event: &OutboxEvent,
+    events: &[OutboxEvent],
     now: Millis,
 ) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
     sqlx::query(
         "INSERT INTO outbox (event_id, trace_id, event_type, payload, created_at)
-         VALUES ($1, $2, $3, $4, $5)",
+         SELECT i, t, y, p, $5 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[])
+             AS u(i, t, y, p)",
     )
-    .bind(event.event_id.to_string())
-    .bind(event.trace_id.to_string())
-    .bind(&event.event_type)
-    .bind(event.payload.to_string())
+    .bind(
+        events
+            .iter()
+            .map(|e| e.event_id.to_string())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        events
+            .iter()
+            .map(|e| e.trace_id.to_string())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        events
+            .iter()
+            .map(|e| e.event_type.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        events
+            .iter()
+            .map(|e| e.payload.to_string())
+            .collect::<Vec<_>>(),
+    )
     .bind(now)
     .execute(&mut *conn)
     .await?;
     Ok(())
-}
-
-/// One attempt in its own transaction: the lease check first, so a zombie stops before any
-/// business write; then the dedup mark, the command, its outbox rows, result and events.
-async fn attempt_in(
-    conn: &mut PgConnection,
-    node: &str,
-    claim: &Claim,
-    work: &dyn AttemptWork,
-    now: Millis,
-) -> Result<(AttemptOutcome, Vec<TraceEvent>), StoreError> {
-    let id = claim.trace_id.to_string();
-    let ours = sqlx::query(
-        "UPDATE commands SET updated_at = $1
-         WHERE trace_id = $2 AND fence = $3 AND state = 'RUNNING' AND lease_expires_at >= $1",
-    )
-    .bind(now)
-    .bind(&id)
-    .bind(claim.lease_token)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if ours == 0 {
-        return Ok((AttemptOutcome::Fenced, Vec::new()));
-    }
-    let first_time = sqlx::query(
-        "INSERT INTO processed (trace_id, series, processed_at) VALUES ($1, $2, $3)
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(&id)
-    .bind(claim.series)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if first_time == 0 {
-        tracing::warn!(trace.id = %claim.trace_id, "series already processed; not running it again");
-        return Ok((AttemptOutcome::Fenced, Vec::new()));
-    }
-    let run = {
-        let mut view = PgTx { conn: &mut *conn };
-        AssertUnwindSafe(work.run(&mut view)).catch_unwind().await
-    };
-    let done = match run {
-        Ok(Ok(done)) => done,
-        Ok(Err(e)) => return Ok((AttemptOutcome::Failed(e), Vec::new())),
-        Err(_) => {
-            tracing::error!(trace.id = %claim.trace_id, "the command panicked");
-            let e = crate::domain::CommandError::technical("the command panicked");
-            return Ok((AttemptOutcome::Failed(e), Vec::new()));
-        }
-    };
-    for event in &done.outbox {
-        insert_outbox(conn, event, now).await?;
-    }
-    sqlx::query(
-        "UPDATE commands SET state = 'SUCCEEDED', result = $1, lease_expires_at = NULL
-         WHERE trace_id = $2",
-    )
-    .bind(done.result.to_string())
-    .bind(&id)
-    .execute(&mut *conn)
-    .await?;
-    let events = append_events(
-        conn,
-        node,
-        claim.trace_id,
-        Some(TraceState::Succeeded),
-        now,
-        &done.events,
-    )
-    .await?;
-    Ok((AttemptOutcome::Committed, events))
 }
 
 // --- rows --------------------------------------------------------------------------------
@@ -641,13 +546,12 @@ impl Store for PgStore {
         if replayed == 0 || restarted == 0 {
             return Ok(None);
         }
-        let events = append_events(&mut tx, &self.node, trace_id, None, now, &[event]).await?;
-        notify_work(&mut tx).await?;
+        let events = append_events(&mut tx, trace_id, None, now, &[event]).await?;
         if self.dispatch {
             insert_dispatch(&mut tx, &[id], now).await?;
         }
         tx.commit().await?;
-        self.sink.committed(&events);
+        self.sink.committed_work(&events, true);
         Ok(Some(Accepted {
             trace_id,
             accepted_at: now,
@@ -655,46 +559,60 @@ impl Store for PgStore {
         }))
     }
 
+    /// One statement: claim up to `limit` (their sequence counters bumped for the two
+    /// picked-up events) and write those events, worded as [`picked_events`] words them.
     async fn claim(&self, limit: usize, lease_ms: i64) -> Result<Vec<Claim>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        // The statement writes exactly two events per claim.
+        const { assert!(PICKED_EVENTS == 2) };
         let now = now_millis();
+        let (picked, started) = picked_suffixes(lease_ms, QUEUE_TABLE);
         let rows = sqlx::query(concat!(
             "WITH picked AS (
                  SELECT trace_id FROM commands
                  WHERE state IN ('PENDING', 'RETRYING') AND next_attempt_at <= $2
                  ORDER BY next_attempt_at LIMIT $3
-                 FOR UPDATE SKIP LOCKED)
-             UPDATE commands c SET state = 'RUNNING', attempts = c.attempts + 1,
-                 fence = c.fence + 1, lease_expires_at = $1, next_attempt_at = NULL
-             FROM picked WHERE c.trace_id = picked.trace_id
-             RETURNING ",
-            "c.trace_id, c.command_type, c.payload, c.attempts, c.series, c.fence, c.lease_expires_at"
+                 FOR UPDATE SKIP LOCKED),
+             claimed AS (
+                 UPDATE commands c SET state = 'RUNNING', attempts = c.attempts + 1,
+                     fence = c.fence + 1, lease_expires_at = $1, next_attempt_at = NULL,
+                     last_seq = c.last_seq + 2, updated_at = $2
+                 FROM picked WHERE c.trace_id = picked.trace_id
+                 RETURNING c.last_seq, ",
+            "c.trace_id, c.command_type, c.payload, c.attempts, c.series, c.fence, c.lease_expires_at",
+            "),
+             ev AS (
+                 INSERT INTO trace_events
+                     (trace_id, seq, component, status, attempt, message, state, at)
+                 SELECT trace_id, last_seq - 1, $4, $5, attempts, command_type || $6, 'RUNNING', $2
+                 FROM claimed
+                 UNION ALL
+                 SELECT trace_id, last_seq, $7, $5, attempts, 'attempt ' || attempts || $8,
+                     'RUNNING', $2
+                 FROM claimed)
+             SELECT * FROM claimed"
         ))
         .bind(now + lease_ms)
         .bind(now)
         .bind(limit as i64)
-        .fetch_all(&mut *tx)
+        .bind(Component::TransactionListener.as_str())
+        .bind(Status::Accepted.as_str())
+        .bind(&picked)
+        .bind(Component::TransactionManager.as_str())
+        .bind(&started)
+        .fetch_all(&self.pool)
         .await?;
-        let claims = rows
-            .iter()
-            .map(claim_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut events = Vec::with_capacity(claims.len() * 2);
-        for claim in &claims {
-            let picked = picked_events(claim, lease_ms, "the commands table");
-            events.extend(
-                append_events(
-                    &mut tx,
-                    &self.node,
-                    claim.trace_id,
-                    Some(TraceState::Running),
-                    now,
-                    &picked,
-                )
-                .await?,
-            );
+        let mut claims = Vec::with_capacity(rows.len());
+        let mut events = Vec::with_capacity(rows.len() * PICKED_EVENTS);
+        for row in &rows {
+            let claim = claim_from_row(row)?;
+            let last: i64 = row.try_get("last_seq")?;
+            let picked = picked_events(&claim, lease_ms, QUEUE_TABLE);
+            let first = last - PICKED_EVENTS as i64 + 1;
+            events.extend(picked.into_iter().enumerate().map(|(i, e)| {
+                e.numbered(claim.trace_id, first + i as i64, now, TraceState::Running)
+            }));
+            claims.push(claim);
         }
-        tx.commit().await?;
         self.sink.committed(&events);
         Ok(claims)
     }
@@ -721,21 +639,22 @@ impl Store for PgStore {
         Ok(changed == 1)
     }
 
+    /// Queued for a group commit; see [`attempts`].
     async fn commit_attempt(
         &self,
         claim: &Claim,
         work: Arc<dyn AttemptWork>,
     ) -> Result<AttemptOutcome, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let (outcome, events) =
-            attempt_in(&mut tx, &self.node, claim, work.as_ref(), now_millis()).await?;
-        if matches!(outcome, AttemptOutcome::Committed) {
-            tx.commit().await?;
-            self.sink.committed(&events);
-        } else {
-            tx.rollback().await?;
-        }
-        Ok(outcome)
+        let (reply, answer) = oneshot::channel();
+        self.attempts
+            .send(AttemptJob {
+                claim: claim.clone(),
+                work,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn record_failure(&self, claim: &Claim, failure: Failure) -> Result<bool, StoreError> {
@@ -787,23 +706,14 @@ impl Store for PgStore {
                 claim.attempt,
                 &failure.error,
             );
-            insert_outbox(&mut tx, &event, now).await?;
+            insert_outbox(&mut tx, &[event], now).await?;
         }
-        let events = append_events(
-            &mut tx,
-            &self.node,
-            claim.trace_id,
-            Some(state),
-            now,
-            &failure.events,
-        )
-        .await?;
-        if matches!(failure.next, Next::Retry { .. }) {
-            // Idle workers elsewhere learn when the retry is due.
-            notify_work(&mut tx).await?;
-        }
+        let events =
+            append_events(&mut tx, claim.trace_id, Some(state), now, &failure.events).await?;
         tx.commit().await?;
-        self.sink.committed(&events);
+        // Idle workers elsewhere learn when a retry is due.
+        self.sink
+            .committed_work(&events, matches!(failure.next, Next::Retry { .. }));
         Ok(true)
     }
 
@@ -840,16 +750,14 @@ impl Store for PgStore {
         }
         let events = append_events(
             &mut tx,
-            &self.node,
             claim.trace_id,
             Some(TraceState::Retrying),
             now,
             &[event],
         )
         .await?;
-        notify_work(&mut tx).await?;
         tx.commit().await?;
-        self.sink.committed(&events);
+        self.sink.committed_work(&events, true);
         Ok(true)
     }
 
@@ -888,15 +796,8 @@ impl Store for PgStore {
         if let Some(row) = row {
             let claim = claim_from_row(&row)?;
             let events = picked_events(&claim, lease_ms, picked);
-            let events = append_events(
-                &mut tx,
-                &self.node,
-                trace_id,
-                Some(TraceState::Running),
-                now,
-                &events,
-            )
-            .await?;
+            let events =
+                append_events(&mut tx, trace_id, Some(TraceState::Running), now, &events).await?;
             tx.commit().await?;
             self.sink.committed(&events);
             return Ok(TraceClaim::Claimed(claim));
@@ -953,8 +854,7 @@ impl Store for PgStore {
         if created == 0 {
             return Ok(false);
         }
-        let events =
-            append_events(&mut tx, &self.node, command.trace_id, None, now, &[event]).await?;
+        let events = append_events(&mut tx, command.trace_id, None, now, &[event]).await?;
         tx.commit().await?;
         self.sink.committed(&events);
         Ok(true)
@@ -984,15 +884,7 @@ impl Store for PgStore {
             .await?
             .rows_affected();
             if created == 1 {
-                events = append_events(
-                    &mut tx,
-                    &self.node,
-                    rejected.trace_id,
-                    None,
-                    now,
-                    trace_events,
-                )
-                .await?;
+                events = append_events(&mut tx, rejected.trace_id, None, now, trace_events).await?;
             }
         }
         let kept = sqlx::query(
@@ -1017,7 +909,7 @@ impl Store for PgStore {
                 0,
                 &rejected.error,
             );
-            insert_outbox(&mut tx, &event, now).await?;
+            insert_outbox(&mut tx, &[event], now).await?;
         }
         tx.commit().await?;
         self.sink.committed(&events);
@@ -1150,28 +1042,85 @@ impl Store for PgStore {
         Ok(out.into_iter().map(|(_, e)| e).collect())
     }
 
+    /// One statement: marks the rows sent and reports each one that was not sent before on
+    /// its trace, numbered after the trace's last event in the order the rows were published.
     async fn mark_sent(&self, sent: &[OutboxEvent]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
         let now = now_millis();
-        let mut events = Vec::with_capacity(sent.len());
-        for event in sent {
-            let first = sqlx::query(
-                "UPDATE outbox SET sent_at = $1 WHERE event_id = $2 AND sent_at IS NULL",
-            )
-            .bind(now)
-            .bind(event.event_id.to_string())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if first == 1 {
-                let report = published(event.event_id, &event.event_type);
-                events.extend(
-                    append_events(&mut tx, &self.node, event.trace_id, None, now, &[report])
-                        .await?,
-                );
-            }
+        let reports: Vec<NewTraceEvent> = sent
+            .iter()
+            .map(|e| published(e.event_id, &e.event_type))
+            .collect();
+        let rows: Vec<(String, i64, String)> = sqlx::query_as(
+            "WITH sent AS (
+                 UPDATE outbox o SET sent_at = $1 FROM UNNEST($2::text[]) AS u(id)
+                 WHERE o.event_id = u.id AND o.sent_at IS NULL
+                 RETURNING o.event_id),
+             report AS (
+                 SELECT r.id, r.t, r.c, r.st, r.m, r.d,
+                     row_number() OVER (PARTITION BY r.t ORDER BY r.k) AS i
+                 FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                         $7::text[]) WITH ORDINALITY AS r(id, t, c, st, m, d, k)
+                 JOIN sent ON sent.event_id = r.id),
+             per_trace AS (SELECT t, count(*) AS n FROM report GROUP BY t ORDER BY t),
+             bump AS (
+                 UPDATE commands c SET last_seq = c.last_seq + p.n, updated_at = $1
+                 FROM per_trace p WHERE c.trace_id = p.t
+                 RETURNING c.trace_id, c.last_seq - p.n AS base, c.state),
+             ins AS (
+                 INSERT INTO trace_events
+                     (trace_id, seq, component, status, message, detail, state, at)
+                 SELECT r.t, b.base + r.i, r.c, r.st, r.m, r.d, b.state, $1
+                 FROM report r JOIN bump b ON b.trace_id = r.t)
+             SELECT r.id, b.base + r.i, b.state FROM report r JOIN bump b ON b.trace_id = r.t",
+        )
+        .bind(now)
+        .bind(
+            sent.iter()
+                .map(|e| e.event_id.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            sent.iter()
+                .map(|e| e.trace_id.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            reports
+                .iter()
+                .map(|r| r.component.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            reports
+                .iter()
+                .map(|r| r.status.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            reports
+                .iter()
+                .map(|r| r.message.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            reports
+                .iter()
+                .map(|r| r.detail.as_ref().map(Value::to_string))
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let written: HashMap<String, (i64, String)> = rows
+            .into_iter()
+            .map(|(id, seq, state)| (id, (seq, state)))
+            .collect();
+        let mut events = Vec::with_capacity(written.len());
+        for (event, report) in sent.iter().zip(reports) {
+            let Some((seq, state)) = written.get(&event.event_id.to_string()) else {
+                continue; // sent before
+            };
+            events.push(report.numbered(event.trace_id, *seq, now, parse_state(state)?));
         }
-        tx.commit().await?;
         self.sink.committed(&events);
         Ok(())
     }

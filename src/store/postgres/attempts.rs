@@ -1,0 +1,328 @@
+//! Attempts, group-committed: several attempts of this process share one transaction.
+//!
+//! * `commit_attempt` queues the attempt; a committer takes whatever is queued (up to
+//!   [`MAX_GROUP`]) and runs it as one transaction, a few groups in flight at once:
+//!   1. one statement checks every lease (`FOR UPDATE`, so no sweeper takes one over until
+//!      the commit) and writes the dedup marks; attempts whose lease is gone, or whose series
+//!      was already processed, are fenced off and write nothing (G3);
+//!   2. each remaining command runs, back to back, on the group's connection;
+//!   3. one statement writes every result, trace event and outbox row; then the commit.
+//! * A command that fails (an error, a panic, a statement the database refused) may leave
+//!   the transaction unusable: the group is rolled back, that attempt's outcome is its
+//!   failure, and the rest run again as a new group, this time with a savepoint around each
+//!   command, so any further failure is rolled back alone (with its dedup mark) and costs no
+//!   further pass. Nothing of a rolled-back group is visible, so running a command again
+//!   inside the same attempt changes nothing outside it.
+//! * A group that fails as a whole (the connection, the commit) falls back to one
+//!   transaction per attempt, so each attempt gets its own outcome.
+
+use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::PgTx;
+use super::feed::Feed;
+use crate::domain::{
+    Claim, CommandError, NewTraceEvent, OutboxEvent, TraceEvent, TraceState, now_millis,
+};
+use crate::ports::{AttemptDone, AttemptOutcome, AttemptWork, StoreError};
+
+/// Most attempts one group carries.
+const MAX_GROUP: usize = 64;
+/// Groups being written at once.
+const GROUPS_IN_FLIGHT: usize = 2;
+
+pub(super) struct AttemptJob {
+    pub claim: Claim,
+    pub work: Arc<dyn AttemptWork>,
+    pub reply: oneshot::Sender<Result<AttemptOutcome, StoreError>>,
+}
+
+pub(super) async fn commit_loop(pool: PgPool, sink: Arc<Feed>, mut rx: mpsc::Receiver<AttemptJob>) {
+    let in_flight = Arc::new(Semaphore::new(GROUPS_IN_FLIGHT));
+    loop {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let mut group = Vec::with_capacity(MAX_GROUP);
+        if rx.recv_many(&mut group, MAX_GROUP).await == 0 {
+            return;
+        }
+        // Attempts claimed together reach here one by one: let the others that are ready
+        // run up to their commit before the group is closed.
+        for _ in 0..2 {
+            tokio::task::yield_now().await;
+            while group.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(job) => group.push(job),
+                    Err(_) => break,
+                }
+            }
+        }
+        let (pool, sink) = (pool.clone(), sink.clone());
+        tokio::spawn(async move {
+            run_group(&pool, &sink, group).await;
+            drop(permit);
+        });
+    }
+}
+
+/// How a group's transaction ended.
+enum Group {
+    /// Committed: each attempt's outcome, and the events written.
+    Committed(Vec<AttemptOutcome>, Vec<TraceEvent>),
+    /// The command at this index failed; the transaction was rolled back.
+    Failed(usize, CommandError),
+}
+
+async fn run_group(pool: &PgPool, sink: &Feed, mut jobs: Vec<AttemptJob>) {
+    // First without savepoints (no extra round trips); once a command has failed, the rest
+    // run again with one savepoint each, so further failures cost no more passes.
+    let mut savepoints = false;
+    while !jobs.is_empty() {
+        match group_in_tx(pool, &jobs, savepoints).await {
+            Ok(Group::Committed(outcomes, events)) => {
+                sink.committed(&events);
+                for (job, outcome) in jobs.into_iter().zip(outcomes) {
+                    let _ = job.reply.send(Ok(outcome));
+                }
+                return;
+            }
+            Ok(Group::Failed(i, error)) => {
+                let job = jobs.remove(i);
+                let _ = job.reply.send(Ok(AttemptOutcome::Failed(error)));
+                savepoints = true;
+            }
+            Err(e) if jobs.len() == 1 => {
+                let _ = jobs.remove(0).reply.send(Err(e));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, attempts = jobs.len(), "a group of attempts failed; running them one by one");
+                for job in jobs.drain(..) {
+                    let outcome = match group_in_tx(pool, std::slice::from_ref(&job), false).await {
+                        Ok(Group::Committed(mut outcomes, events)) => {
+                            sink.committed(&events);
+                            Ok(outcomes.remove(0))
+                        }
+                        Ok(Group::Failed(_, error)) => Ok(AttemptOutcome::Failed(error)),
+                        Err(e) => Err(e),
+                    };
+                    let _ = job.reply.send(outcome);
+                }
+            }
+        }
+    }
+}
+
+async fn group_in_tx(
+    pool: &PgPool,
+    jobs: &[AttemptJob],
+    savepoints: bool,
+) -> Result<Group, StoreError> {
+    let now = now_millis();
+    let mut tx = pool.begin().await?;
+    // Keyed by lease token too: a zombie and its successor may meet in one group.
+    let runnable: HashSet<(String, i64)> = sqlx::query_as(
+        "WITH ours AS (
+             SELECT c.trace_id, c.fence, u.s FROM commands c
+             JOIN UNNEST($2::text[], $3::bigint[], $4::int[]) AS u(t, f, s) ON c.trace_id = u.t
+             WHERE c.fence = u.f AND c.state = 'RUNNING' AND c.lease_expires_at >= $1
+             ORDER BY c.trace_id
+             FOR UPDATE OF c),
+         marked AS (
+             INSERT INTO processed (trace_id, series, processed_at)
+             SELECT trace_id, s, $1 FROM ours
+             ON CONFLICT DO NOTHING
+             RETURNING trace_id)
+         SELECT ours.trace_id, ours.fence FROM ours JOIN marked USING (trace_id)",
+    )
+    .bind(now)
+    .bind(
+        jobs.iter()
+            .map(|j| j.claim.trace_id.to_string())
+            .collect::<Vec<_>>(),
+    )
+    .bind(jobs.iter().map(|j| j.claim.lease_token).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.claim.series).collect::<Vec<_>>())
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    let mut done = Vec::new();
+    for (i, job) in jobs.iter().enumerate() {
+        if !runnable.contains(&(job.claim.trace_id.to_string(), job.claim.lease_token)) {
+            outcomes.push(AttemptOutcome::Fenced);
+            continue;
+        }
+        if savepoints {
+            sqlx::raw_sql("SAVEPOINT attempt").execute(&mut *tx).await?;
+        }
+        let run = {
+            let mut view = PgTx { conn: &mut tx };
+            AssertUnwindSafe(job.work.run(&mut view))
+                .catch_unwind()
+                .await
+        };
+        let error = match run {
+            Ok(Ok(d)) => {
+                if savepoints {
+                    sqlx::raw_sql("RELEASE SAVEPOINT attempt")
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                done.push((&job.claim, d));
+                outcomes.push(AttemptOutcome::Committed);
+                continue;
+            }
+            Ok(Err(e)) => e,
+            Err(_) => {
+                tracing::error!(trace.id = %job.claim.trace_id, "the command panicked");
+                CommandError::technical("the command panicked")
+            }
+        };
+        if !savepoints {
+            // Now, so the group's row locks are gone before the failure is recorded.
+            tx.rollback().await?;
+            return Ok(Group::Failed(i, error));
+        }
+        // Its writes go, and so does its dedup mark (written before the savepoint), so that
+        // its next attempt may run.
+        sqlx::raw_sql("ROLLBACK TO SAVEPOINT attempt")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM processed WHERE trace_id = $1 AND series = $2")
+            .bind(job.claim.trace_id.to_string())
+            .bind(job.claim.series)
+            .execute(&mut *tx)
+            .await?;
+        outcomes.push(AttemptOutcome::Failed(error));
+    }
+    let events = succeed(&mut tx, now, done).await?;
+    tx.commit().await?;
+    Ok(Group::Committed(outcomes, events))
+}
+
+/// Writes the successful attempts in one statement: each command's result and state, its
+/// trace events (numbered after its last one) and its outbox rows.
+async fn succeed(
+    conn: &mut PgConnection,
+    now: i64,
+    done: Vec<(&Claim, AttemptDone)>,
+) -> Result<Vec<TraceEvent>, StoreError> {
+    if done.is_empty() {
+        return Ok(Vec::new());
+    }
+    let outbox: Vec<&OutboxEvent> = done.iter().flat_map(|(_, d)| &d.outbox).collect();
+    let column = |f: &dyn Fn(&NewTraceEvent) -> Option<String>| {
+        done.iter()
+            .flat_map(|(_, d)| d.events.iter().map(f))
+            .collect::<Vec<_>>()
+    };
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "WITH ok AS (
+             UPDATE commands c SET state = 'SUCCEEDED', result = u.r, lease_expires_at = NULL,
+                 last_seq = c.last_seq + u.n, updated_at = $1
+             FROM UNNEST($2::text[], $3::text[], $4::bigint[]) AS u(t, r, n)
+             WHERE c.trace_id = u.t
+             RETURNING c.trace_id, c.last_seq - u.n AS base),
+         ins AS (
+             INSERT INTO trace_events
+                 (trace_id, seq, component, status, attempt, message, detail, state, at)
+             SELECT e.t, ok.base + e.i, e.c, e.st, e.a, e.m, e.d, 'SUCCEEDED', $1
+             FROM UNNEST($5::text[], $6::bigint[], $7::text[], $8::text[], $9::int[],
+                     $10::text[], $11::text[]) AS e(t, i, c, st, a, m, d)
+             JOIN ok ON ok.trace_id = e.t),
+         out AS (
+             INSERT INTO outbox (event_id, trace_id, event_type, payload, created_at)
+             SELECT i, t, y, p, $1 FROM UNNEST($12::text[], $13::text[], $14::text[], $15::text[])
+                 AS o(i, t, y, p))
+         SELECT trace_id, base FROM ok",
+    )
+    .bind(now)
+    .bind(
+        done.iter()
+            .map(|(c, _)| c.trace_id.to_string())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        done.iter()
+            .map(|(_, d)| d.result.to_string())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        done.iter()
+            .map(|(_, d)| d.events.len() as i64)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        done.iter()
+            .flat_map(|(c, d)| std::iter::repeat_n(c.trace_id.to_string(), d.events.len()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        done.iter()
+            .flat_map(|(_, d)| 1..=d.events.len() as i64)
+            .collect::<Vec<_>>(),
+    )
+    .bind(column(&|e| Some(e.component.as_str().to_owned())))
+    .bind(column(&|e| Some(e.status.as_str().to_owned())))
+    .bind(
+        done.iter()
+            .flat_map(|(_, d)| d.events.iter().map(|e| e.attempt))
+            .collect::<Vec<_>>(),
+    )
+    .bind(column(&|e| Some(e.message.clone())))
+    .bind(column(&|e| e.detail.as_ref().map(Value::to_string)))
+    .bind(
+        outbox
+            .iter()
+            .map(|e| e.event_id.to_string())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        outbox
+            .iter()
+            .map(|e| e.trace_id.to_string())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        outbox
+            .iter()
+            .map(|e| e.event_type.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        outbox
+            .iter()
+            .map(|e| e.payload.to_string())
+            .collect::<Vec<_>>(),
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let base: std::collections::HashMap<String, i64> = rows.into_iter().collect();
+    let mut events = Vec::new();
+    for (claim, d) in done {
+        let Some(base) = base.get(&claim.trace_id.to_string()) else {
+            return Err(StoreError::Failed(format!(
+                "trace {} has no command row",
+                claim.trace_id
+            )));
+        };
+        events.extend(d.events.into_iter().enumerate().map(|(i, e)| {
+            e.numbered(
+                claim.trace_id,
+                base + 1 + i as i64,
+                now,
+                TraceState::Succeeded,
+            )
+        }));
+    }
+    Ok(events)
+}
