@@ -153,6 +153,7 @@ impl Application {
         let router = api::router(ApiState {
             live: schema::LiveSchema::new(schema.clone(), doc, hub.clone(), rules),
             schema,
+            documents: Arc::new(schema::Documents::new(config.document_cache)),
             auth: Arc::new(auth),
             store: store.clone(),
             hub: hub.clone(),

@@ -278,6 +278,9 @@ pub struct Config {
     /// Operations in one batched HTTP request.
     #[arg(long, env = "TETHER_MAX_BATCH", default_value_t = 10)]
     pub max_batch: usize,
+    /// Parsed operation texts kept for the next request with the same text (0: none).
+    #[arg(long, env = "TETHER_DOCUMENT_CACHE", default_value_t = 256)]
+    pub document_cache: usize,
     /// Largest page a list query returns.
     #[arg(long, env = "TETHER_MAX_PAGE", default_value_t = 1000)]
     pub max_page: i64,

@@ -270,6 +270,24 @@ async fn bad_requests_get_clear_errors_and_no_internals() {
     app.stop().await;
 }
 
+/// The API keeps parsed operation texts (`--document-cache`); each request is still validated
+/// with its own variables.
+#[tokio::test]
+async fn a_reused_operation_text_is_validated_with_each_requests_variables() {
+    let app = TestApp::spawn().await;
+    let first = app.create_order(ALICE, order("c-1")).await;
+    let mut bad = order("c-1");
+    bad["email"] = json!("not-an-email");
+    let body = app.gql(ALICE, CREATE_ORDER, json!({ "i": bad })).await;
+    assert_eq!(error_type(&body), "ValidationError", "{body}");
+    let body = app.gql(ALICE, CREATE_ORDER, json!({})).await;
+    assert_eq!(error_type(&body), "ValidationError", "{body}");
+    let second = app.create_order(ALICE, order("c-2")).await;
+    assert_ne!(first, second);
+    assert_eq!(app.db.count("SELECT count(*) FROM commands").await, 2);
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn query_depth_and_complexity_are_limited() {
     let app = TestApp::spawn_with(|c| {

@@ -116,11 +116,17 @@ pub async fn graphql_post(
     };
     let single = requests.len() == 1 && !bytes.trim_ascii_start().starts_with(b"[");
     let mut out = Vec::with_capacity(requests.len());
-    for request in requests {
+    for mut request in requests {
+        app.documents.prepare(&mut request);
         let request = request
             .data(identity.principal.clone())
             .data(identity.clone());
         let response = app.schema.execute(request).await;
+        if single && response.errors.is_empty() {
+            // Nothing to reshape: written straight out.
+            let body = serde_json::to_string(&response).unwrap_or_else(|_| "null".into());
+            return ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+        }
         out.push(appsync_shape(
             serde_json::to_value(&response).unwrap_or(Value::Null),
         ));

@@ -41,6 +41,8 @@ pub struct TransportLimits {
 pub struct ApiState {
     /// Queries and mutations (HTTP).
     pub schema: async_graphql::dynamic::Schema,
+    /// Operation texts already parsed (HTTP).
+    pub documents: Arc<crate::schema::Documents>,
     /// Subscriptions (WebSocket).
     pub live: crate::schema::LiveSchema,
     pub auth: Arc<Authenticator>,

@@ -10,6 +10,7 @@
 
 pub mod auth;
 mod build;
+pub mod documents;
 pub mod errors;
 pub mod live;
 mod resolvers;
@@ -26,6 +27,7 @@ use thiserror::Error;
 
 pub use auth::AuthRules;
 pub use build::{Limits, Services, build};
+pub use documents::Documents;
 pub use live::LiveSchema;
 
 /// The AppSync prelude: the scalars and directives AppSync defines itself.

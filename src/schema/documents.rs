@@ -1,0 +1,122 @@
+//! Parsed operations, kept by their text.
+//!
+//! Clients send the same few operation texts over and over with different variables (a
+//! `createOrder` mutation, a `trace` query). Parsing one is a good part of an accept's CPU, so
+//! the HTTP endpoint keeps the documents it parsed and hands async-graphql a copy on the next
+//! request with the same text. Only parsing is skipped: every request is still validated
+//! against the schema with its own variables, and executed as before. A text that does not
+//! parse is never kept (async-graphql parses it again and reports the error).
+//!
+//! The cache is bounded (`--document-cache` entries, 0 turns it off); when it is full, an
+//! arbitrary entry makes room, so a stream of one-off texts costs a parse each and no memory.
+//! Texts longer than [`MAX_TEXT`] are not kept.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_graphql::Request;
+use async_graphql::parser::types::ExecutableDocument;
+
+/// Longest operation text the cache keeps.
+pub const MAX_TEXT: usize = 16 << 10;
+
+pub struct Documents {
+    capacity: usize,
+    parsed: Mutex<HashMap<Box<str>, Arc<ExecutableDocument>>>,
+}
+
+impl Documents {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            parsed: Mutex::new(HashMap::with_capacity(capacity.min(1024))),
+        }
+    }
+
+    /// Gives `request` its parsed document: a copy of the kept one, or a fresh parse that is
+    /// kept for the next time. Leaves the request alone when its text does not parse.
+    pub fn prepare(&self, request: &mut Request) {
+        let text = request.query.as_str();
+        if self.capacity == 0 || text.len() > MAX_TEXT {
+            return;
+        }
+        let kept = self.lock().get(text).cloned();
+        let doc = match kept {
+            Some(doc) => doc,
+            None => {
+                let Ok(doc) = async_graphql::parser::parse_query(text) else {
+                    return;
+                };
+                let doc = Arc::new(doc);
+                let mut parsed = self.lock();
+                if parsed.len() >= self.capacity
+                    && let Some(old) = parsed.keys().next().cloned()
+                {
+                    parsed.remove(&old);
+                }
+                parsed.insert(text.into(), doc.clone());
+                doc
+            }
+        };
+        request.set_parsed_query(ExecutableDocument::clone(&doc));
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Arc<ExecutableDocument>>> {
+        // A panic while holding the lock leaves a map that is still whole.
+        self.parsed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CREATE: &str = "mutation($i: CreateOrderInput!) { createOrder(input: $i) { traceId } }";
+
+    #[test]
+    fn a_text_is_parsed_once_and_copies_are_handed_out() {
+        let docs = Documents::new(4);
+        let mut first = Request::new(CREATE);
+        docs.prepare(&mut first);
+        let mut second = Request::new(CREATE);
+        docs.prepare(&mut second);
+        assert_eq!(docs.len(), 1);
+        let (a, b) = (
+            first.parsed_query().unwrap(),
+            second.parsed_query().unwrap(),
+        );
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        assert_eq!(
+            format!("{a:?}"),
+            format!("{:?}", async_graphql::parser::parse_query(CREATE).unwrap())
+        );
+    }
+
+    #[test]
+    fn texts_that_do_not_parse_are_not_kept_and_the_bound_holds() {
+        let docs = Documents::new(3);
+        let mut bad = Request::new("mutation { createOrder(");
+        docs.prepare(&mut bad);
+        assert!(docs.is_empty());
+        assert!(bad.parsed_query().is_err(), "the error is still reported");
+        for n in 0..10 {
+            docs.prepare(&mut Request::new(format!("query q{n} {{ __typename }}")));
+            assert!(docs.len() <= 3);
+        }
+        assert_eq!(docs.len(), 3);
+        let off = Documents::new(0);
+        off.prepare(&mut Request::new(CREATE));
+        assert!(off.is_empty());
+        let long = format!("query {{ __typename }} #{}", "x".repeat(MAX_TEXT));
+        docs.prepare(&mut Request::new(long.clone()));
+        assert!(!docs.lock().contains_key(long.as_str()));
+    }
+}
