@@ -133,6 +133,8 @@ impl Application {
                 },
                 fault_injection: config.fault_injection,
                 idempotency_retention_ms: config.idempotency_hours * 3_600_000,
+                outbox_retention_ms: (config.outbox_retention_hours > 0)
+                    .then_some(config.outbox_retention_hours * 3_600_000),
                 max_payload_bytes: config.max_payload_bytes,
                 redispatch_ms: config.sqs_redispatch_ms,
                 default_owner: config.sqs_default_owner.clone(),

@@ -264,6 +264,9 @@ pub struct Config {
     /// How long an idempotency key keeps returning the same trace.
     #[arg(long, env = "TETHER_IDEMPOTENCY_HOURS", default_value_t = 24)]
     pub idempotency_hours: i64,
+    /// How long sent outbox rows are kept (0: for ever); unsent rows are never deleted.
+    #[arg(long, env = "TETHER_OUTBOX_RETENTION_HOURS", default_value_t = 24)]
+    pub outbox_retention_hours: i64,
 
     /// Largest HTTP request body.
     #[arg(long, env = "TETHER_MAX_BODY_BYTES", default_value_t = 1 << 20)]

@@ -219,6 +219,8 @@ pub trait Store: Send + Sync + 'static {
     async fn release(&self, claim: &Claim, event: NewTraceEvent) -> Result<bool, StoreError>;
     /// Forgets idempotency keys older than `older_than`.
     async fn expire_idempotency_keys(&self, older_than: Millis) -> Result<u64, StoreError>;
+    /// Deletes outbox rows sent before `sent_before`; unsent rows are never deleted.
+    async fn forget_sent_outbox(&self, sent_before: Millis) -> Result<u64, StoreError>;
 
     // --- SQS mode (PostgreSQL only; the embedded store refuses) ---------------------------
     /// Claims the command of `trace_id` if it is runnable now; otherwise says where it stands.

@@ -322,6 +322,7 @@ async fn side_effects_are_published_at_least_once_with_stable_ids(backend: Backe
             },
             fault_injection: true,
             idempotency_retention_ms: 86_400_000,
+            outbox_retention_ms: None,
             max_payload_bytes: 256 * 1024,
             redispatch_ms: 600_000,
             default_owner: "sqs".into(),

@@ -22,6 +22,7 @@ contract!(
     a_full_accept_queue_throttles_instead_of_growing,
     idempotency_keys_are_forgotten_after_their_retention,
     idempotency_keys_within_one_batch_name_one_trace,
+    sent_outbox_rows_are_deleted_after_their_retention_and_unsent_ones_never,
     a_lease_is_exclusive_and_a_stale_token_writes_nothing,
     attempts_sharing_a_commit_roll_back_alone,
     an_expired_lease_commits_nothing_and_a_renewed_one_is_not_taken_over,
@@ -36,6 +37,33 @@ fn command(owner: &str, key: Option<&str>) -> NewCommand {
         owner: owner.into(),
         idempotency_key: key.map(str::to_owned),
     }
+}
+
+async fn sent_outbox_rows_are_deleted_after_their_retention_and_unsent_ones_never(
+    backend: Backend,
+) {
+    let (store, db) = store(backend).await;
+    // Sent long ago, sent just now, and never sent (however old).
+    db.rows(
+        "INSERT INTO outbox (event_id, trace_id, event_type, payload, created_at, sent_at)
+         VALUES ('old-sent', 't1', 'OrderCreated', '{}', 1000, 2000),
+                ('new-sent', 't2', 'OrderCreated', '{}', 1000, 9000),
+                ('unsent', 't3', 'OrderCreated', '{}', 1000, NULL)",
+        &[],
+    )
+    .await;
+    let ids = || async {
+        db.rows("SELECT event_id FROM outbox ORDER BY event_id", &[])
+            .await
+            .into_iter()
+            .map(|r| r[0].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(store.forget_sent_outbox(2000).await.unwrap(), 0);
+    assert_eq!(store.forget_sent_outbox(5000).await.unwrap(), 1);
+    assert_eq!(ids().await, ["new-sent", "unsent"]);
+    assert_eq!(store.forget_sent_outbox(i64::MAX).await.unwrap(), 1);
+    assert_eq!(ids().await, ["unsent"]);
 }
 
 async fn concurrent_accepts_all_land_durably(backend: Backend) {

@@ -53,6 +53,8 @@ pub struct ExecutorConfig {
     pub retry: RetryPolicy,
     pub fault_injection: bool,
     pub idempotency_retention_ms: i64,
+    /// How long sent outbox rows are kept (`None`: for ever).
+    pub outbox_retention_ms: Option<i64>,
     /// Largest command payload (foreign producers' messages are checked like mutations).
     pub max_payload_bytes: usize,
     /// SQS mode: a command due this long without running gets a new message.

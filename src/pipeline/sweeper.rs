@@ -1,6 +1,6 @@
 //! The sweeper: finds attempts whose lease expired (their worker crashed or stalled), counts
-//! them as attempts and hands them to the ErrorHandler (retry or dead letter). It also forgets
-//! idempotency keys past their retention, and in SQS mode re-sends the message of a command
+//! them as attempts and hands them to the ErrorHandler (retry or dead letter). Once an hour it
+//! forgets idempotency keys and deletes sent outbox rows past their retention, and in SQS mode re-sends the message of a command
 //! left due too long (the queue lost it, or moved it to its own dead-letter queue).
 
 use std::time::Duration;
@@ -32,6 +32,13 @@ impl Pipeline {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(keys = n, "idempotency keys expired"),
                     Err(e) => tracing::warn!(error = %e, "could not expire idempotency keys"),
+                }
+                if let Some(retention) = self.config.outbox_retention_ms {
+                    match self.store.forget_sent_outbox(now - retention).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(rows = n, "sent outbox rows deleted"),
+                        Err(e) => tracing::warn!(error = %e, "could not delete sent outbox rows"),
+                    }
                 }
             }
         }

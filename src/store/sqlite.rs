@@ -763,6 +763,16 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn forget_sent_outbox(&self, sent_before: Millis) -> Result<u64, StoreError> {
+        self.write(move |conn, _, _| {
+            let n = conn
+                .prepare_cached("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?1")?
+                .execute(params![sent_before])?;
+            Ok(Step::Keep(n as u64))
+        })
+        .await
+    }
+
     async fn unsent_outbox(&self, limit: usize) -> Result<Vec<OutboxEvent>, StoreError> {
         let rows = sqlx::query(
             "SELECT event_id, trace_id, event_type, payload FROM outbox

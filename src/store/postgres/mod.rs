@@ -775,6 +775,16 @@ impl Store for PgStore {
         .rows_affected())
     }
 
+    async fn forget_sent_outbox(&self, sent_before: Millis) -> Result<u64, StoreError> {
+        Ok(
+            sqlx::query("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < $1")
+                .bind(sent_before)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
+    }
+
     async fn claim_trace(
         &self,
         trace_id: TraceId,
