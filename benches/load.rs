@@ -440,8 +440,8 @@ async fn create_order(
 /// The accept phases' client: one HTTP/1.1 keep-alive connection driven by hyper directly,
 /// with the request body serialised once. The load generator shares the machine's two cores
 /// with the server and PostgreSQL (pgbench, its counterpart, is a lean C client), so it should
-/// cost as little CPU per request as it can; reqwest's pool, URL handling and timers cost
-/// about twice as much per request here.
+/// cost as little CPU per request as it can; with reqwest (its pool, URL handling and timers)
+/// the client cost more than twice as much CPU per request here.
 struct AcceptClient {
     addr: SocketAddr,
     body: hyper::body::Bytes,

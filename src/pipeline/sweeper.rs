@@ -1,7 +1,8 @@
 //! The sweeper: finds attempts whose lease expired (their worker crashed or stalled), counts
 //! them as attempts and hands them to the ErrorHandler (retry or dead letter). Once an hour it
-//! forgets idempotency keys and deletes sent outbox rows past their retention, and in SQS mode re-sends the message of a command
-//! left due too long (the queue lost it, or moved it to its own dead-letter queue).
+//! forgets idempotency keys and deletes sent outbox rows past their retention. In SQS mode it
+//! re-sends the message of a command left due too long (the queue lost it, or moved it to its
+//! own dead-letter queue).
 
 use std::time::Duration;
 
