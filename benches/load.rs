@@ -2102,7 +2102,7 @@ impl Report {
                  behind a `tokio::sync::Mutex`. The ratio uses the better of the two."
             ),
             format!(
-                "- (b) accepts: {c} tasks, each with its own keep-alive HTTP client, loop \
+                "- (b) accepts: {c} tasks, each with its own keep-alive HTTP/1.1 connection (hyper, the body serialised once), loop \
                  `createOrder` for {secs} s against a fresh server; a request counts when it \
                  returns a `traceId`. Rate = accepted ÷ time until the last request returned; \
                  latency = request sent → response body read. CPU cores = user + system time \
