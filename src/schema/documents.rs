@@ -62,12 +62,9 @@ impl Documents {
         request.set_parsed_query(ExecutableDocument::clone(&doc));
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Arc<ExecutableDocument>>> {
@@ -106,7 +103,7 @@ mod tests {
         let docs = Documents::new(3);
         let mut bad = Request::new("mutation { createOrder(");
         docs.prepare(&mut bad);
-        assert!(docs.is_empty());
+        assert_eq!(docs.len(), 0);
         assert!(bad.parsed_query().is_err(), "the error is still reported");
         for n in 0..10 {
             docs.prepare(&mut Request::new(format!("query q{n} {{ __typename }}")));
@@ -115,7 +112,7 @@ mod tests {
         assert_eq!(docs.len(), 3);
         let off = Documents::new(0);
         off.prepare(&mut Request::new(CREATE));
-        assert!(off.is_empty());
+        assert_eq!(off.len(), 0);
         let long = format!("query {{ __typename }} #{}", "x".repeat(MAX_TEXT));
         docs.prepare(&mut Request::new(long.clone()));
         assert!(!docs.lock().contains_key(long.as_str()));
