@@ -99,6 +99,13 @@ impl Application {
             config.max_payload_bytes,
             config.fault_injection,
         );
+        let direct = config.direct_commands.then(|| {
+            Arc::new(schema::Direct::new(
+                doc.clone(),
+                rules.clone(),
+                commands.clone(),
+            ))
+        });
         let schema = schema::build(Services {
             store: store.clone(),
             hub: hub.clone(),
@@ -156,6 +163,7 @@ impl Application {
             live: schema::LiveSchema::new(schema.clone(), doc, hub.clone(), rules),
             schema,
             documents: Arc::new(schema::Documents::new(config.document_cache)),
+            direct,
             auth: Arc::new(auth),
             store: store.clone(),
             hub: hub.clone(),

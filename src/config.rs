@@ -284,6 +284,11 @@ pub struct Config {
     /// Parsed operation texts kept for the next request with the same text (0: none).
     #[arg(long, env = "TETHER_DOCUMENT_CACHE", default_value_t = 256)]
     pub document_cache: usize,
+    /// Answer command mutations whose kept text already ran once without errors directly,
+    /// without the general GraphQL executor (same checks, same answers; needs the document
+    /// cache). `false` sends every request through the executor.
+    #[arg(long, env = "TETHER_DIRECT_COMMANDS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub direct_commands: bool,
     /// Largest page a list query returns.
     #[arg(long, env = "TETHER_MAX_PAGE", default_value_t = 1000)]
     pub max_page: i64,

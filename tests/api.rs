@@ -339,6 +339,265 @@ async fn graphiql_and_health_are_served() {
     app.stop().await;
 }
 
+/// UUIDs and `acceptedAt` stamps replaced, so answers from two servers compare.
+fn scrub(v: &Value) -> Value {
+    fn text(s: &str) -> String {
+        let b = s.as_bytes();
+        let mut out = String::new();
+        let mut i = 0;
+        while i < b.len() {
+            let uuid = b.len() - i >= 36
+                && b[i..i + 36].iter().enumerate().all(|(j, c)| match j {
+                    8 | 13 | 18 | 23 => *c == b'-',
+                    _ => c.is_ascii_hexdigit(),
+                });
+            if uuid {
+                out.push_str("<uuid>");
+                i += 36;
+            } else {
+                out.push(b[i] as char);
+                i += 1;
+            }
+        }
+        out
+    }
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| match k.as_str() {
+                    "acceptedAt" => (k.clone(), json!("<t>")),
+                    _ => (k.clone(), scrub(v)),
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(scrub).collect()),
+        Value::String(s) => Value::String(text(s)),
+        other => other.clone(),
+    }
+}
+
+/// The first trace ID in an answer, wherever the caller's aliases put it.
+fn first_trace_id(v: &Value) -> Option<String> {
+    match v {
+        Value::Object(m) => m.values().find_map(first_trace_id),
+        Value::String(s) if s.len() == 36 && s.as_bytes()[8] == b'-' => Some(s.clone()),
+        _ => None,
+    }
+}
+
+enum Caller {
+    Alice,
+    Iam,
+}
+
+async fn send(
+    app: &TestApp,
+    text: &str,
+    op: Option<&str>,
+    vars: &Value,
+    caller: &Caller,
+) -> (u16, Value) {
+    let mut body = json!({ "query": text, "variables": vars });
+    if let Some(op) = op {
+        body["operationName"] = json!(op);
+    }
+    match caller {
+        Caller::Alice => app.post(Some(ALICE), body).await,
+        Caller::Iam => app.post_signed(body, common::auth::IAM_SECRET).await,
+    }
+}
+
+/// Command mutations whose text already ran once are answered without the general executor
+/// (`schema::direct`). Side by side with a server that has that path switched off, every
+/// request gets the same answer and stores the same payload; the requests the direct path
+/// cannot be sure of (GraphQL type errors, unknown or missing variables, a caller the field
+/// refuses, another operation name) go the general way, and the others do not.
+async fn direct_answers_equal_the_general_executors(backend: Backend) {
+    let direct = TestApp::spawn_on(backend).await;
+    let general = TestApp::spawn_on_with(backend, |c| c.direct_commands = false).await;
+    const FULL: &str = "mutation($i: CreateOrderInput!, $k: String) { createOrder(input: $i, idempotencyKey: $k) { traceId status acceptedAt __typename } }";
+    const NAMED: &str = "mutation Place { placed: createOrder(input: {customerId: \"c-9\", items: [{sku: \"tea\", quantity: 1, unitPriceCents: 5}], metadata: \"{\\\"a\\\": [1]}\"}) { id: traceId } }";
+    const CANCEL: &str = "mutation($i: CancelOrderInput!) { cancelOrder(input: $i) { traceId } }";
+    let item = json!({ "sku": "tea", "quantity": 2, "unitPriceCents": 150 });
+    let full = json!({
+        "customerId": "c-1", "items": [item], "email": "a@example.com",
+        "deliverBy": "2026-12-31", "note": "ring twice", "metadata": "{\"gift\": true, \"n\": [1, 2]}"
+    });
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut v = full.clone();
+        f(&mut v);
+        v
+    };
+    // (text, operation name, variables, caller, answered directly)
+    let cases: Vec<(&str, Option<&str>, Value, Caller, bool)> = vec![
+        (FULL, None, json!({ "i": full }), Caller::Alice, true),
+        (
+            FULL,
+            None,
+            json!({ "i": with(&|v| v["items"] = item.clone()) }),
+            Caller::Alice,
+            true,
+        ),
+        (
+            FULL,
+            None,
+            json!({ "i": with(&|v| v["items"][0]["quantity"] = json!(0)) }),
+            Caller::Alice,
+            true,
+        ),
+        (
+            FULL,
+            None,
+            json!({ "i": with(&|v| v["faults"] = json!({ "failAttempts": 1 })) }),
+            Caller::Alice,
+            true,
+        ),
+        (
+            FULL,
+            None,
+            json!({ "i": full, "k": "k-1" }),
+            Caller::Alice,
+            true,
+        ),
+        (
+            FULL,
+            None,
+            json!({ "i": full, "k": "k-1" }),
+            Caller::Alice,
+            true,
+        ),
+        (
+            FULL,
+            None,
+            json!({ "i": with(&|v| v["note"] = json!("other")), "k": "k-1" }),
+            Caller::Alice,
+            true,
+        ),
+        (
+            FULL,
+            None,
+            json!({ "i": full, "k": null }),
+            Caller::Alice,
+            true,
+        ),
+        (
+            FULL,
+            None,
+            json!({ "i": with(&|v| v["items"][0]["quantity"] = json!("two")) }),
+            Caller::Alice,
+            false,
+        ),
+        (
+            FULL,
+            None,
+            json!({ "i": with(&|v| v["items"][0]["quantity"] = json!(1u64 << 40)) }),
+            Caller::Alice,
+            false,
+        ),
+        (
+            FULL,
+            None,
+            json!({ "i": with(&|v| v["colour"] = json!("red")) }),
+            Caller::Alice,
+            false,
+        ),
+        (
+            FULL,
+            None,
+            json!({ "i": with(&|v| v["email"] = json!("not-an-email")) }),
+            Caller::Alice,
+            false,
+        ),
+        (
+            FULL,
+            None,
+            json!({ "i": with(&|v| v["metadata"] = json!({ "gift": true })) }),
+            Caller::Alice,
+            false,
+        ),
+        (
+            FULL,
+            None,
+            json!({ "i": with(&|v| v["customerId"] = Value::Null) }),
+            Caller::Alice,
+            false,
+        ),
+        (FULL, None, json!({ "k": "k-2" }), Caller::Alice, false),
+        (
+            FULL,
+            None,
+            json!({ "i": full, "z": 1 }),
+            Caller::Alice,
+            false,
+        ),
+        (FULL, None, json!({ "i": full }), Caller::Iam, false),
+        (NAMED, Some("Place"), json!({}), Caller::Alice, true),
+        (NAMED, None, json!({}), Caller::Alice, false),
+        (NAMED, Some("Other"), json!({}), Caller::Alice, false),
+        (
+            CANCEL,
+            None,
+            json!({ "i": { "orderId": "o-1", "reason": "late" } }),
+            Caller::Alice,
+            true,
+        ),
+        (
+            TRACE,
+            None,
+            json!({ "t": "01a24276-ff98-7730-b638-c1d736c300be" }),
+            Caller::Alice,
+            false,
+        ),
+    ];
+    // Each text runs once the general way first: that is what teaches the direct path.
+    for (text, op, vars) in [
+        (FULL, None, json!({ "i": full })),
+        (NAMED, Some("Place"), json!({})),
+        (CANCEL, None, json!({ "i": { "orderId": "o-0" } })),
+    ] {
+        for app in [&direct, &general] {
+            let (status, body) = send(app, text, op, &vars, &Caller::Alice).await;
+            assert_eq!(status, 200);
+            assert!(body.get("errors").is_none(), "{body}");
+        }
+    }
+    assert_eq!(direct.health().await["directAnswers"], 0);
+    let mut answered = 0;
+    let mut keyed = Vec::new();
+    for (n, (text, op, vars, caller, expect_direct)) in cases.iter().enumerate() {
+        let (s1, a) = send(&direct, text, *op, vars, caller).await;
+        let (s2, b) = send(&general, text, *op, vars, caller).await;
+        assert_eq!((s1, scrub(&a)), (s2, scrub(&b)), "case {n}: {vars}");
+        answered += u64::from(*expect_direct);
+        assert_eq!(
+            direct.health().await["directAnswers"],
+            answered,
+            "case {n} should {}be answered directly: {a}",
+            if *expect_direct { "" } else { "not " }
+        );
+        assert_eq!(general.health().await["directAnswers"], 0);
+        if let (Some(ta), Some(tb)) = (first_trace_id(&a["data"]), first_trace_id(&b["data"])) {
+            let sql = "SELECT payload, command_type FROM commands WHERE trace_id = $1";
+            let (pa, pb) = (
+                direct.db.rows(sql, &[&ta]).await,
+                general.db.rows(sql, &[&tb]).await,
+            );
+            assert_eq!(pa.len(), 1, "case {n}: stored once");
+            assert_eq!(pa, pb, "case {n}: the same payload");
+            if vars.get("k").is_some_and(|k| k == "k-1") {
+                keyed.push(ta);
+            }
+        }
+    }
+    // The repeated idempotency key answered the same trace; the changed input was refused.
+    assert_eq!(keyed.len(), 2);
+    assert_eq!(keyed[0], keyed[1]);
+    let count = "SELECT COUNT(*) FROM commands";
+    assert_eq!(direct.db.count(count).await, general.db.count(count).await);
+    direct.stop().await;
+    general.stop().await;
+}
+
 #[tokio::test]
 async fn embedded_mode_generates_one_key_and_keeps_it() {
     let dir = scratch_dir("embedded");
@@ -362,6 +621,7 @@ contract!(
     aws_scalars_are_validated_on_input,
     same_idempotency_key_same_caller_same_trace,
     traces_are_private_to_their_owner,
+    direct_answers_equal_the_general_executors,
 );
 contract_sqs!(
     create_order_answers_with_a_trace_id_that_runs_to_success,

@@ -4,16 +4,21 @@
 //! failures (no or wrong API key, malformed JSON, body too large, batch too big) get an HTTP
 //! status; everything GraphQL answers is 200.
 
+use std::borrow::Cow;
+
 use async_graphql::{BatchRequest, Request};
 use axum::body::{Body, to_bytes};
 use axum::extract::{FromRequestParts, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{Html, IntoResponse, Response};
-use serde_json::{Value, json};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
 
 use super::ApiState;
 use super::auth::{Denied, Headers, Signed};
+use crate::domain::Identity;
 use crate::schema::errors::kind;
+use crate::schema::{Answer, Direct};
 
 /// An error response in AppSync's shape. The `x-amzn-ErrorType` header is where AWS clients
 /// (Amplify's error parser) look for the error's name.
@@ -83,6 +88,11 @@ pub async fn graphql_post(
             }
         }
     };
+    if let Some(direct) = &app.direct
+        && let Some(answer) = answer_directly(&app, direct, &identity, &bytes).await
+    {
+        return answer;
+    }
     let batch: BatchRequest = match serde_json::from_slice(&bytes) {
         Ok(batch) => batch,
         Err(e) => {
@@ -117,11 +127,17 @@ pub async fn graphql_post(
     let single = requests.len() == 1 && !bytes.trim_ascii_start().starts_with(b"[");
     let mut out = Vec::with_capacity(requests.len());
     for mut request in requests {
-        app.documents.prepare(&mut request);
+        let kept = app.documents.prepare(&mut request);
+        let operation_name = request.operation_name.clone();
         let request = request
             .data(identity.principal.clone())
             .data(identity.clone());
         let response = app.schema.execute(request).await;
+        if let (Some(kept), Some(direct)) = (kept, &app.direct)
+            && response.errors.is_empty()
+        {
+            kept.learn(direct.schema(), operation_name.as_deref());
+        }
         if single && response.errors.is_empty() {
             // Nothing to reshape: written straight out.
             let body = serde_json::to_string(&response).unwrap_or_else(|_| "null".into());
@@ -141,6 +157,49 @@ pub async fn graphql_post(
         body.to_string(),
     )
         .into_response()
+}
+
+/// A single GraphQL request over HTTP, as far as the direct path reads one.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Single<'a> {
+    #[serde(borrow)]
+    query: Cow<'a, str>,
+    #[serde(borrow, default)]
+    operation_name: Option<Cow<'a, str>>,
+    #[serde(default)]
+    variables: Option<Map<String, Value>>,
+    #[serde(default)]
+    extensions: Option<Map<String, Value>>,
+}
+
+/// Answers a single request whose text has a direct plan (`schema::direct`) without the
+/// general executor; `None` sends it the general way.
+async fn answer_directly(
+    app: &ApiState,
+    direct: &Direct,
+    identity: &Identity,
+    bytes: &[u8],
+) -> Option<Response> {
+    let single: Single = serde_json::from_slice(bytes).ok()?;
+    if single.extensions.as_ref().is_some_and(|e| !e.is_empty()) {
+        return None;
+    }
+    let kept = app.documents.kept(&single.query)?;
+    let plan = kept.plan()?;
+    let none = Map::new();
+    let variables = single.variables.as_ref().unwrap_or(&none);
+    let body = match direct
+        .run(plan, identity, single.operation_name.as_deref(), variables)
+        .await
+    {
+        Answer::Data(body) => body,
+        Answer::Failed(response) => {
+            appsync_shape(serde_json::to_value(&response).unwrap_or(Value::Null)).to_string()
+        }
+        Answer::General => return None,
+    };
+    Some(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 fn first_line(s: &str) -> &str {
@@ -224,6 +283,7 @@ pub async fn health(State(app): State<ApiState>) -> Response {
         "delivered": delivered,
         "droppedSlowSubscribers": dropped,
         "executor": app.stats.to_json(),
+        "directAnswers": app.direct.as_ref().map_or(0, |d| d.answered()),
     });
     let status = if store_ok {
         StatusCode::OK

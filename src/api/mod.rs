@@ -43,6 +43,9 @@ pub struct ApiState {
     pub schema: async_graphql::dynamic::Schema,
     /// Operation texts already parsed (HTTP).
     pub documents: Arc<crate::schema::Documents>,
+    /// Answers kept command mutation texts without the general executor (`schema::direct`);
+    /// `None` when `--direct-commands false`.
+    pub direct: Option<Arc<crate::schema::Direct>>,
     /// Subscriptions (WebSocket).
     pub live: crate::schema::LiveSchema,
     pub auth: Arc<Authenticator>,

@@ -8,22 +8,48 @@
 //! with its own variables, and executed as before. A text that does not parse is never kept
 //! (async-graphql parses it again and reports the error).
 //!
+//! An entry also keeps, once a request with its text has run without errors, the [`Plan`]
+//! by which later command mutations with that text are answered directly (`super::direct`).
+//!
 //! The cache is bounded (`--document-cache` entries, 0 turns it off); when it is full, an
 //! arbitrary entry makes room, so a stream of one-off texts costs a parse each and no memory.
 //! Texts longer than [`MAX_TEXT`] are not kept.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use async_graphql::Request;
 use async_graphql::parser::types::ExecutableDocument;
+
+use super::SchemaDoc;
+use super::direct::Plan;
 
 /// Longest operation text the cache keeps.
 pub const MAX_TEXT: usize = 16 << 10;
 
 pub struct Documents {
     capacity: usize,
-    parsed: Mutex<HashMap<Box<str>, Arc<ExecutableDocument>>>,
+    parsed: Mutex<HashMap<Box<str>, Arc<Kept>>>,
+}
+
+/// One kept text: its parsed document and, once learned, its direct plan (`None` when its
+/// shape is not one the direct path takes).
+pub struct Kept {
+    doc: ExecutableDocument,
+    plan: OnceLock<Option<Plan>>,
+}
+
+impl Kept {
+    pub fn plan(&self) -> Option<&Plan> {
+        self.plan.get().and_then(Option::as_ref)
+    }
+
+    /// Records the plan of this text, run as `operation_name`; call after a request with it
+    /// ran through the general executor without errors. Only the first call decides.
+    pub fn learn(&self, schema: &SchemaDoc, operation_name: Option<&str>) {
+        self.plan
+            .get_or_init(|| Plan::of(schema, &self.doc, operation_name));
+    }
 }
 
 impl Documents {
@@ -34,21 +60,28 @@ impl Documents {
         }
     }
 
+    /// The entry kept for `text`, if any.
+    pub fn kept(&self, text: &str) -> Option<Arc<Kept>> {
+        self.lock().get(text).cloned()
+    }
+
     /// Gives `request` its parsed document: a copy of the kept one, or a fresh parse that is
-    /// kept for the next time. Leaves the request alone when its text does not parse.
-    pub fn prepare(&self, request: &mut Request) {
+    /// kept for the next time; returns the entry. Leaves the request alone when its text does
+    /// not parse.
+    pub fn prepare(&self, request: &mut Request) -> Option<Arc<Kept>> {
         let text = request.query.as_str();
         if self.capacity == 0 || text.len() > MAX_TEXT {
-            return;
+            return None;
         }
         let kept = self.lock().get(text).cloned();
         let doc = match kept {
             Some(doc) => doc,
             None => {
-                let Ok(doc) = async_graphql::parser::parse_query(text) else {
-                    return;
-                };
-                let doc = Arc::new(doc);
+                let doc = async_graphql::parser::parse_query(text).ok()?;
+                let doc = Arc::new(Kept {
+                    doc,
+                    plan: OnceLock::new(),
+                });
                 let mut parsed = self.lock();
                 if parsed.len() >= self.capacity
                     && let Some(old) = parsed.keys().next().cloned()
@@ -59,7 +92,8 @@ impl Documents {
                 doc
             }
         };
-        request.set_parsed_query(ExecutableDocument::clone(&doc));
+        request.set_parsed_query(ExecutableDocument::clone(&doc.doc));
+        Some(doc)
     }
 
     #[cfg(test)]
@@ -67,7 +101,7 @@ impl Documents {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Arc<ExecutableDocument>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Arc<Kept>>> {
         // A panic while holding the lock leaves a map that is still whole.
         self.parsed.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -10,6 +10,7 @@
 
 pub mod auth;
 mod build;
+pub mod direct;
 pub mod documents;
 pub mod errors;
 pub mod live;
@@ -27,6 +28,7 @@ use thiserror::Error;
 
 pub use auth::AuthRules;
 pub use build::{Limits, Services, build};
+pub use direct::{Answer, Direct};
 pub use documents::Documents;
 pub use live::LiveSchema;
 

@@ -197,11 +197,11 @@ fn dead_letter_json(d: &DeadLetter) -> Value {
 
 // --- Mutation ------------------------------------------------------------------------------
 
-fn accepted_json(a: &Accepted) -> Value {
+pub(super) fn accepted_json(a: &Accepted) -> Value {
     json!({ "traceId": a.trace_id.to_string(), "status": "ACCEPTED", "acceptedAt": aws_datetime(a.accepted_at) })
 }
 
-fn accept_error(e: AcceptError) -> Error {
+pub(super) fn accept_error(e: AcceptError) -> Error {
     match e {
         AcceptError::Invalid(v) => {
             let field = v.field.clone();
