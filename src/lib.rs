@@ -8,7 +8,9 @@
 //! 2. [`api`] receives the mutation over HTTP (`POST /graphql`), authenticates the caller
 //!    with one of AppSync's modes ([`api::auth`]: API key, OIDC or Cognito JWT, SigV4) and
 //!    executes it; the schema's `@aws_*` directives decide which fields that mode reaches
-//!    ([`schema::auth`]).
+//!    ([`schema::auth`]). A command mutation whose text already ran once without errors is
+//!    answered without the general executor ([`schema::direct`]: the same checks, the same
+//!    answer, or the general way whenever it cannot be sure).
 //! 3. The CommandApi ([`pipeline::command_api`]) validates the input with the command's handler
 //!    (fail fast), and the [`store`] commits the command row and its `ACCEPTED` trace event in
 //!    one transaction — concurrent accepts share one commit. The client gets the trace ID.

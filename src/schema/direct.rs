@@ -474,17 +474,24 @@ mod tests {
         assert_eq!(p.key, "createOrder");
         assert_eq!(
             p.selection,
-            [("traceId", "traceId"), ("s", "status"), ("__typename", "__typename")]
-                .map(|(a, b)| (a.to_owned(), b.to_owned()))
+            [
+                ("traceId", "traceId"),
+                ("s", "status"),
+                ("__typename", "__typename")
+            ]
+            .map(|(a, b)| (a.to_owned(), b.to_owned()))
         );
         assert!(matches!(p.payload, Payload::Input(Some(Source::Variable(ref v)), _) if v == "i"));
         assert!(matches!(p.idempotency_key, Some(Source::Variable(ref v)) if v == "k"));
         // Constants are converted once; commands without `input` take their arguments.
         let p = plan("mutation { x: createOrder(input: {customerId: \"c\", items: {sku: \"a\"}}, idempotencyKey: \"k\") { traceId } }").unwrap();
         assert_eq!(p.key, "x");
-        assert!(matches!(&p.payload, Payload::Input(Some(Source::Constant(v)), _)
-            if *v == serde_json::json!({ "customerId": "c", "items": [{ "sku": "a" }] })));
-        let p = plan("mutation($c: ID!) { byArgs(customerId: $c, note: \"n\") { traceId } }").unwrap();
+        assert!(
+            matches!(&p.payload, Payload::Input(Some(Source::Constant(v)), _)
+            if *v == serde_json::json!({ "customerId": "c", "items": [{ "sku": "a" }] }))
+        );
+        let p =
+            plan("mutation($c: ID!) { byArgs(customerId: $c, note: \"n\") { traceId } }").unwrap();
         assert!(matches!(&p.payload, Payload::Arguments(a) if a.len() == 2));
     }
 

@@ -30,7 +30,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{Column, Connection, PgConnection, PgPool, Row, TypeInfo, ValueRef};
-use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use attempts::AttemptJob;
@@ -51,11 +51,6 @@ use crate::ports::{
 
 /// How many accepts one group commit may carry.
 const MAX_ACCEPT_BATCH: usize = 512;
-/// Accept batches being written at once. Two keep the disk busy (one batch fills while the
-/// other waits for its WAL flush); more make smaller batches, each with its own statement and
-/// commit, for no more throughput (`scripts/bench --pg`: 4 cost PostgreSQL 60 % more CPU per
-/// accept than 2).
-const ACCEPT_BATCHES_IN_FLIGHT: usize = 2;
 /// Attempts waiting for a group commit (at most the executor's slots in practice).
 const ATTEMPT_QUEUE: usize = 4096;
 /// How long an emitter holds the outbox rows it took before others may take them.
@@ -136,42 +131,36 @@ impl PgStore {
     }
 }
 
+/// Group commit of accepts, one batch at a time: while a batch's statement and WAL flush are
+/// under way, new accepts queue up, and the next batch takes all of them. One batch at a time
+/// does better than two here (`TETHER_BENCH_PG_PHASES=1 scripts/bench --pg`, alternating runs:
+/// accepts ÷ pgbench 1.03–1.06 with one, 0.87–0.98 with two, 0.73 with three): two batches
+/// committing at once wait for each other's WAL writes anyway, and are each half as large.
 async fn accept_loop(
     pool: PgPool,
     sink: Arc<Feed>,
     dispatch: bool,
     mut rx: mpsc::Receiver<AcceptJob>,
 ) {
-    let in_flight = Arc::new(Semaphore::new(ACCEPT_BATCHES_IN_FLIGHT));
-    loop {
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            return;
-        };
-        let mut batch = Vec::with_capacity(MAX_ACCEPT_BATCH);
-        if rx.recv_many(&mut batch, MAX_ACCEPT_BATCH).await == 0 {
-            return;
-        }
-        let (pool, sink) = (pool.clone(), sink.clone());
-        tokio::spawn(async move {
-            let commands: Vec<&NewCommand> = batch.iter().map(|j| &j.command).collect();
-            match accept_batch(&pool, dispatch, &commands).await {
-                Ok((results, events)) => {
-                    sink.committed_work(&events, !events.is_empty());
-                    for (job, result) in batch.into_iter().zip(results) {
-                        let _ = job.reply.send(result);
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, batch = batch.len(), "accept batch failed");
-                    for job in batch {
-                        let _ = job.reply.send(Err(StoreError::Failed(
-                            "the accept transaction failed".into(),
-                        )));
-                    }
+    let mut batch = Vec::with_capacity(MAX_ACCEPT_BATCH);
+    while rx.recv_many(&mut batch, MAX_ACCEPT_BATCH).await > 0 {
+        let commands: Vec<&NewCommand> = batch.iter().map(|j| &j.command).collect();
+        match accept_batch(&pool, dispatch, &commands).await {
+            Ok((results, events)) => {
+                sink.committed_work(&events, !events.is_empty());
+                for (job, result) in batch.drain(..).zip(results) {
+                    let _ = job.reply.send(result);
                 }
             }
-            drop(permit);
-        });
+            Err(e) => {
+                tracing::error!(error = %e, batch = batch.len(), "accept batch failed");
+                for job in batch.drain(..) {
+                    let _ = job.reply.send(Err(StoreError::Failed(
+                        "the accept transaction failed".into(),
+                    )));
+                }
+            }
+        }
     }
 }
 
