@@ -483,6 +483,13 @@ async fn direct_answers_equal_the_general_executors(backend: Backend) {
         (
             FULL,
             None,
+            json!({ "i": with(&|v| v["note"] = Value::Null) }),
+            Caller::Alice,
+            true,
+        ),
+        (
+            FULL,
+            None,
             json!({ "i": with(&|v| v["items"][0]["quantity"] = json!("two")) }),
             Caller::Alice,
             false,

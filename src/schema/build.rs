@@ -103,6 +103,8 @@ pub fn build(services: Services) -> Result<Schema, SchemaError> {
             }
         }
     }
+    // `schema::direct` answers kept command mutations without this executor: it applies the
+    // auth rules itself, and would have to apply any extension added here too.
     builder
         .extension(super::auth::Enforce(services.rules.clone()))
         .data(services)
