@@ -485,9 +485,15 @@ async fn with_sqs_replicas_and_workers_killed_with_sigkill_lose_nothing() {
     killed_with_sigkill(common::Backend::Sqs).await;
 }
 
+/// Attempts each worker may hold in the SIGKILL test: once more than this many run, both
+/// workers hold some, so the one killed is sure to die mid-attempt (with the default 64, one
+/// worker could claim the whole first load).
+const SLOTS: i64 = 6;
+
 async fn killed_with_sigkill(backend: common::Backend) {
     let db = common::TestDb::new(backend, "cluster").await;
-    let extra = db.sqs.as_ref().map(|q| q.env()).unwrap_or_default();
+    let mut extra = db.sqs.as_ref().map(|q| q.env()).unwrap_or_default();
+    extra.push(("TETHER_WORKERS".into(), SLOTS.to_string()));
     let logs = scratch_dir("cluster-logs");
     let migrate = Command::new(env!("CARGO_BIN_EXE_tether"))
         .args(["migrate"])
@@ -507,7 +513,13 @@ async fn killed_with_sigkill(backend: common::Backend) {
 
     // kill -9 a worker while attempts are in flight: their leases expire, the other worker's
     // sweeper counts them and they run again.
-    wait_count(&db.url, RUNNING, 4, "attempts running in parallel").await;
+    wait_count(
+        &db.url,
+        RUNNING,
+        SLOTS + 1,
+        "attempts running on both workers",
+    )
+    .await;
     workers[0].kill9().await;
 
     // kill -9 an API replica while commands are submitted to it and subscribers follow
