@@ -27,7 +27,7 @@
 //! that are whole variables or constants, and a selection of `CommandAccepted`'s own fields
 //! and `__typename`, each response key once.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -268,9 +268,16 @@ impl Direct {
         {
             return Answer::General;
         }
+        // Each variable sent, checked, then as the GraphQL value async-graphql makes of it.
+        let mut values = HashMap::with_capacity(variables.len());
         for (name, ty) in &plan.variables {
             match variables.get(name) {
-                Some(v) if valid(&self.doc, ty, v) => {}
+                Some(v) if valid(&self.doc, ty, v) => match async_graphql::to_value(v) {
+                    Ok(value) => {
+                        values.insert(name.as_str(), value);
+                    }
+                    Err(_) => return Answer::General,
+                },
                 None if ty.nullable => {}
                 _ => return Answer::General,
             }
@@ -278,7 +285,9 @@ impl Direct {
         // The payload, as the command resolver builds it from the coerced arguments.
         let resolve = |source: &Source, ty: &Type| match source {
             Source::Constant(v) => Some(v.clone()),
-            Source::Variable(v) => variables.get(v).map(|v| to_payload(&self.doc, ty, v)),
+            Source::Variable(v) => values
+                .get(v.as_str())
+                .map(|value| input_to_json(&self.doc, ty, value)),
         };
         let payload = match &plan.payload {
             Payload::Input(source, ty) => source
@@ -388,34 +397,6 @@ fn valid(doc: &SchemaDoc, ty: &Type, v: &Value) -> bool {
                 _ => false,
             },
         },
-    }
-}
-
-/// `v` (valid as `ty`) as the command resolver turns it into payload JSON
-/// ([`input_to_json`] of the coerced value).
-fn to_payload(doc: &SchemaDoc, ty: &Type, v: &Value) -> Value {
-    match (&ty.base, v) {
-        (_, Value::Null) => Value::Null,
-        (BaseType::List(inner), Value::Array(items)) => {
-            Value::Array(items.iter().map(|i| to_payload(doc, inner, i)).collect())
-        }
-        (BaseType::List(inner), single) => Value::Array(vec![to_payload(doc, inner, single)]),
-        (BaseType::Named(name), Value::String(s)) if name == "AWSJSON" => {
-            serde_json::from_str(s).unwrap_or_else(|_| v.clone())
-        }
-        (BaseType::Named(name), Value::Object(fields)) => Value::Object(
-            fields
-                .iter()
-                .map(|(k, x)| {
-                    let x = match doc.input_field_type(name, k) {
-                        Some(field_ty) => to_payload(doc, field_ty, x),
-                        None => x.clone(),
-                    };
-                    (k.clone(), x)
-                })
-                .collect(),
-        ),
-        _ => v.clone(),
     }
 }
 
