@@ -133,9 +133,10 @@ impl PgStore {
 
 /// Group commit of accepts, one batch at a time: while a batch's statement and WAL flush are
 /// under way, new accepts queue up, and the next batch takes all of them. One batch at a time
-/// does better than two here (`TETHER_BENCH_PG_PHASES=1 scripts/bench --pg`, alternating runs:
-/// accepts ÷ pgbench 1.03–1.06 with one, 0.87–0.98 with two, 0.73 with three): two batches
-/// committing at once wait for each other's WAL writes anyway, and are each half as large.
+/// does better than two here (`TETHER_BENCH_PG_PHASES=1 scripts/bench --pg`: accepts ÷
+/// pgbench 1.03–1.06 with one against 0.87–0.98 with two in alternating runs, 0.73 in one run
+/// with three): batches committing at once wait for each other's WAL writes anyway, and are
+/// each smaller.
 async fn accept_loop(
     pool: PgPool,
     sink: Arc<Feed>,
