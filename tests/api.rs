@@ -418,6 +418,8 @@ async fn direct_answers_equal_the_general_executors(backend: Backend) {
     const FULL: &str = "mutation($i: CreateOrderInput!, $k: String) { createOrder(input: $i, idempotencyKey: $k) { traceId status acceptedAt __typename } }";
     const NAMED: &str = "mutation Place { placed: createOrder(input: {customerId: \"c-9\", items: [{sku: \"tea\", quantity: 1, unitPriceCents: 5}], metadata: \"{\\\"a\\\": [1]}\"}) { id: traceId } }";
     const CANCEL: &str = "mutation($i: CancelOrderInput!) { cancelOrder(input: $i) { traceId } }";
+    const ALIASED: &str =
+        "mutation($i: CreateOrderInput!) { o: createOrder(input: $i) { id: traceId } }";
     let item = json!({ "sku": "tea", "quantity": 2, "unitPriceCents": 150 });
     let full = json!({
         "customerId": "c-1", "items": [item], "email": "a@example.com",
@@ -431,6 +433,13 @@ async fn direct_answers_equal_the_general_executors(backend: Backend) {
     // (text, operation name, variables, caller, answered directly)
     let cases: Vec<(&str, Option<&str>, Value, Caller, bool)> = vec![
         (FULL, None, json!({ "i": full }), Caller::Alice, true),
+        (
+            ALIASED,
+            None,
+            json!({ "i": with(&|v| v["items"][0]["quantity"] = json!(0)) }),
+            Caller::Alice,
+            true,
+        ),
         (
             FULL,
             None,
@@ -561,6 +570,7 @@ async fn direct_answers_equal_the_general_executors(backend: Backend) {
         (FULL, None, json!({ "i": full })),
         (NAMED, Some("Place"), json!({})),
         (CANCEL, None, json!({ "i": { "orderId": "o-0" } })),
+        (ALIASED, None, json!({ "i": full })),
     ] {
         for app in [&direct, &general] {
             let (status, body) = send(app, text, op, &vars, &Caller::Alice).await;

@@ -204,7 +204,7 @@ impl Plan {
             if !sub.arguments.is_empty()
                 || !sub.directives.is_empty()
                 || !sub.selection_set.node.items.is_empty()
-                || !matches!(sub_name, "traceId" | "status" | "acceptedAt" | "__typename")
+                || !(sub_name == "__typename" || answers_as_declared(schema, sub_name))
             {
                 return None;
             }
@@ -349,6 +349,31 @@ impl Direct {
     }
 }
 
+/// Is `field` of `CommandAccepted` one the accept answer holds, declared with a type its
+/// value always passes (the executor checks output scalars; this path writes them as they
+/// are)?
+fn answers_as_declared(schema: &SchemaDoc, field: &str) -> bool {
+    let Some(def) = schema
+        .object_fields(COMMAND_ACCEPTED)
+        .find(|f| f.name.node == field)
+    else {
+        return false;
+    };
+    let BaseType::Named(ty) = &def.ty.node.base else {
+        return false;
+    };
+    let enum_with_accepted = || {
+        matches!(schema.types.get(ty.as_str()).map(|t| &t.kind),
+            Some(TypeKind::Enum(e)) if e.values.iter().any(|v| v.node.value.node == "ACCEPTED"))
+    };
+    match field {
+        "traceId" => matches!(ty.as_str(), "ID" | "String"),
+        "status" => ty == "String" || enum_with_accepted(),
+        "acceptedAt" => matches!(ty.as_str(), "AWSDateTime" | "String"),
+        _ => false,
+    }
+}
+
 /// Does `v` certainly pass GraphQL input coercion as `ty`? Stricter than async-graphql where
 /// that is simpler (an `Int` must fit 32 bits, an `ID` must be a string): a value this
 /// refuses goes the general way, which decides.
@@ -437,7 +462,7 @@ mod tests {
               other(input: OrderInput!): Int
             }
             type Subscription { onRouted: CommandAccepted @aws_subscribe(mutations: ["routed"]) }
-            type CommandAccepted { traceId: ID! status: String! acceptedAt: AWSDateTime! extra: Int }
+            type CommandAccepted { traceId: ID! status: String! acceptedAt: AWSPhone! extra: Int }
             input OrderInput { customerId: ID! items: [Item!]! }
             input Item { sku: String! }
             input WithDefault { item: DeepDefault }
@@ -497,6 +522,7 @@ mod tests {
             // Variables inside constants; fields the accept answer does not hold.
             "mutation($c: ID!) { createOrder(input: {customerId: $c, items: []}) { traceId } }",
             "mutation($i: OrderInput!) { createOrder(input: $i) { extra } }",
+            "mutation($i: OrderInput!) { createOrder(input: $i) { acceptedAt } }",
             "mutation($i: OrderInput!) { createOrder(input: $i) { t: traceId t: status } }",
             "mutation A($i: OrderInput!) { createOrder(input: $i) { traceId } } mutation B($i: OrderInput!) { createOrder(input: $i) { traceId } }",
         ] {
