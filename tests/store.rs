@@ -387,3 +387,154 @@ async fn postgres_emitters_of_different_processes_take_disjoint_outbox_rows() {
     a.mark_sent(&first).await.unwrap();
     assert!(a.unsent_outbox(100).await.unwrap().is_empty());
 }
+
+/// The partition holding each of `traces`' events (PostgreSQL's `trace_events` is partitioned
+/// by week of trace creation; SQLite's is one table).
+async fn partitions_of(db: &TestDb, traces: &[TraceId]) -> Vec<String> {
+    let mut names = Vec::new();
+    for trace in traces {
+        let rows = db
+            .rows(
+                "SELECT DISTINCT tableoid::regclass::text FROM trace_events WHERE trace_id = $1",
+                &[&trace.to_string()],
+            )
+            .await;
+        assert_eq!(
+            rows.len(),
+            1,
+            "trace {trace}: its events in exactly one partition"
+        );
+        names.push(rows[0][0].as_str().unwrap().to_owned());
+    }
+    names
+}
+
+/// A UUID v7 text of millisecond `ms`, as `TraceId::new` makes them at that time.
+fn trace_at(ms: i64) -> TraceId {
+    let ts = uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        (ms / 1000) as u64,
+        (ms % 1000) as u32 * 1_000_000,
+    );
+    TraceId::from(uuid::Uuid::new_v7(ts))
+}
+
+/// The partition name of the week holding `ms` (weeks counted from the Unix epoch).
+fn week_partition(ms: i64) -> String {
+    const WEEK: i64 = 7 * 86_400_000;
+    let start = chrono::DateTime::from_timestamp_millis(ms / WEEK * WEEK).unwrap();
+    format!("trace_events_{}", start.format("%Y%m%d"))
+}
+
+/// PostgreSQL only (SQLite has no partitions): each trace's events go to the partition of the
+/// week it was accepted in; the week's and the next week's partitions are made when the store
+/// opens, older weeks' by `tether_trace_partitions`, once however many processes ask at once;
+/// an ID outside every partition goes to the default one and is read like any other.
+#[tokio::test]
+async fn postgres_trace_events_go_to_the_partition_of_their_week() {
+    const WEEK: i64 = 7 * 86_400_000;
+    let (store, db) = store(Backend::Postgres).await;
+    let now = now_millis();
+    let made = db
+        .rows(
+            "SELECT relname::text FROM pg_class WHERE relname LIKE 'trace\\_events\\_2%' AND relkind = 'r' ORDER BY 1",
+            &[],
+        )
+        .await;
+    let made: Vec<_> = made.iter().map(|r| r[0].as_str().unwrap()).collect();
+    assert_eq!(made, [week_partition(now), week_partition(now + WEEK)]);
+
+    let new = store.accept(command("alice", None)).await.unwrap().trace_id;
+    assert_eq!(partitions_of(&db, &[new]).await, [week_partition(now)]);
+
+    // Eight processes making last month's partitions at once: made once, no error.
+    let month_ago = now - 30 * 86_400_000;
+    let ms = month_ago.to_string();
+    let args: [&str; 1] = [&ms];
+    let calls = (0..8).map(|_| db.rows("SELECT tether_trace_partitions($1::bigint)", &args));
+    let made: i64 = futures_util::future::join_all(calls)
+        .await
+        .iter()
+        .map(|rows| rows[0][0].as_i64().unwrap())
+        .sum();
+    assert_eq!(
+        made, 2,
+        "that week's partition and the next one's, made once"
+    );
+
+    let (old, far) = (trace_at(month_ago), trace_at(now + 520 * WEEK));
+    for trace in [old, far] {
+        db.rows(
+            "INSERT INTO trace_events (trace_id, seq, component, status, state, at)
+             VALUES ($1, 1, 'CommandApi', 'ACCEPTED', 'PENDING', 0),
+                    ($1, 2, 'TransactionListener', 'ACCEPTED', 'RUNNING', 0)",
+            &[&trace.to_string()],
+        )
+        .await;
+    }
+    assert_eq!(
+        partitions_of(&db, &[old, far]).await,
+        [week_partition(month_ago), "trace_events_default".to_owned()]
+    );
+    for trace in [old, far] {
+        let events = store.trace_events(trace, 0, 10).await.unwrap();
+        assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+    }
+    let events = store.trace_events(new, 0, 10).await.unwrap();
+    assert_eq!(events.len(), 1, "the accepted event of the new trace");
+}
+
+/// PostgreSQL only: a database whose `trace_events` was filled before it was partitioned
+/// (migration 4) keeps every event readable, takes new ones, and gets weekly partitions after
+/// the current week.
+#[tokio::test]
+async fn postgres_events_written_before_the_partitioning_stay_readable() {
+    use sqlx::Connection;
+    const WEEK: i64 = 7 * 86_400_000;
+    let db = TestDb::new(Backend::Postgres, "legacy").await;
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    assert_eq!(
+        tether::store::migrate::postgres_up_to(&mut conn, 3)
+            .await
+            .unwrap(),
+        3
+    );
+    conn.close().await.unwrap();
+    let old = TraceId::new();
+    db.rows(
+        "INSERT INTO commands (trace_id, command_type, payload, owner, state, last_seq, created_at, updated_at)
+         VALUES ($1, 'createOrder', '{}', 'alice', 'PENDING', 2, 0, 0)",
+        &[&old.to_string()],
+    )
+    .await;
+    db.rows(
+        "INSERT INTO trace_events (trace_id, seq, component, status, state, at)
+         VALUES ($1, 1, 'CommandApi', 'ACCEPTED', 'PENDING', 0),
+                ($1, 2, 'TransactionListener', 'ACCEPTED', 'RUNNING', 0)",
+        &[&old.to_string()],
+    )
+    .await;
+
+    let hub = tether::hub::Hub::new(HashMap::new(), 16, 240_000);
+    let store = db.store(hub, 100).await;
+    let events = store.trace_events(old, 0, 10).await.unwrap();
+    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(store.trace(old).await.unwrap().unwrap().owner, "alice");
+    // This week still belongs to the old table; the next week has its own partition.
+    let new = store.accept(command("alice", None)).await.unwrap().trace_id;
+    assert_eq!(
+        partitions_of(&db, &[old, new]).await,
+        ["trace_events_legacy", "trace_events_legacy"]
+    );
+    let next = trace_at(now_millis() + WEEK);
+    db.rows(
+        "INSERT INTO trace_events (trace_id, seq, component, status, state, at)
+         VALUES ($1, 1, 'CommandApi', 'ACCEPTED', 'PENDING', 0)",
+        &[&next.to_string()],
+    )
+    .await;
+    assert_eq!(
+        partitions_of(&db, &[next]).await,
+        [week_partition(now_millis() + WEEK)]
+    );
+}

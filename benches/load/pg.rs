@@ -1430,6 +1430,12 @@ async fn bulk_load(url: &str, rows: u64) -> anyhow::Result<BulkLoad> {
          CROSS JOIN {SYNTHETIC_EVENTS}
          WHERE t.g * 8 + e.seq <= $3::bigint"
     );
+    // The history's weeks get their partitions, as they did when that history was written.
+    sqlx::query("SELECT tether_trace_partitions($1)")
+        .bind(base_ms)
+        .execute(&mut conn)
+        .await
+        .context("making the history's trace_events partitions")?;
     let t0 = Instant::now();
     let inserted = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(base_ms)
@@ -1453,10 +1459,12 @@ async fn bulk_load(url: &str, rows: u64) -> anyhow::Result<BulkLoad> {
     let t3 = Instant::now();
     sqlx::raw_sql("CHECKPOINT").execute(&mut conn).await?;
     let checkpoint = t3.elapsed();
-    let (table_bytes, index_bytes): (i64, i64) =
-        sqlx::query_as("SELECT pg_table_size('trace_events'), pg_indexes_size('trace_events')")
-            .fetch_one(&mut conn)
-            .await?;
+    let (table_bytes, index_bytes): (i64, i64) = sqlx::query_as(
+        "SELECT sum(pg_table_size(relid))::bigint, sum(pg_indexes_size(relid))::bigint
+             FROM pg_partition_tree('trace_events') WHERE isleaf",
+    )
+    .fetch_one(&mut conn)
+    .await?;
     let _ = conn.close().await;
     Ok(BulkLoad {
         rows: inserted,
@@ -1621,14 +1629,24 @@ async fn rows_note(env: &Env, db: &str) -> String {
         return String::new();
     };
     let commands = count(&monitor, "SELECT count(*) FROM commands").await.ok();
-    let events = count(&monitor, "SELECT count(*) FROM trace_events")
-        .await
-        .ok();
+    // Where the events are: the history's partition, this week's, the default one.
+    let parts: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT tableoid::regclass::text, count(*) FROM trace_events GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(&monitor)
+    .await
+    .unwrap_or_default();
     monitor.close().await;
+    let events: i64 = parts.iter().map(|(_, n)| n).sum();
     format!(
-        "afterwards {} commands, {} trace_events rows",
+        "afterwards {} commands, {} trace_events rows ({})",
         commands.map_or("?".into(), |c| c.to_string()),
-        events.map_or("?".into(), |c| c.to_string())
+        events,
+        parts
+            .iter()
+            .map(|(p, n)| format!("{p} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 }
 

@@ -46,6 +46,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         "dispatch",
         include_str!("../../migrations/postgres/0003_dispatch.sql"),
     ),
+    (
+        4,
+        "trace_partitions",
+        include_str!("../../migrations/postgres/0004_trace_partitions.sql"),
+    ),
 ];
 
 /// Any number of processes may start at once against one database: an advisory lock makes
@@ -54,21 +59,50 @@ const POSTGRES_LOCK: i64 = 0x7465_7468_6572; // "tether" in ASCII
 
 /// Applies the PostgreSQL migrations that are not applied yet; returns how many ran.
 pub async fn postgres(conn: &mut PgConnection) -> Result<usize, sqlx::Error> {
+    postgres_up_to(conn, i64::MAX).await
+}
+
+/// Applies the PostgreSQL migrations up to version `last` that are not applied yet (tests of
+/// upgrades start a database at an older version this way); returns how many ran.
+pub async fn postgres_up_to(conn: &mut PgConnection, last: i64) -> Result<usize, sqlx::Error> {
     sqlx::query("SELECT pg_advisory_lock($1)")
         .bind(POSTGRES_LOCK)
         .execute(&mut *conn)
         .await?;
-    let result = postgres_locked(conn).await;
+    let result = postgres_locked(conn, last).await;
     let unlock = sqlx::query("SELECT pg_advisory_unlock($1)")
         .bind(POSTGRES_LOCK)
         .execute(&mut *conn)
         .await;
     let applied = result?;
     unlock?;
+    if last >= TRACE_PARTITIONS {
+        trace_partitions(&mut *conn).await?;
+    }
     Ok(applied)
 }
 
-async fn postgres_locked(conn: &mut PgConnection) -> Result<usize, sqlx::Error> {
+/// The migration that partitions `trace_events`.
+const TRACE_PARTITIONS: i64 = 4;
+
+/// Makes the `trace_events` partitions of this week and the next where missing (see
+/// `migrations/postgres/0004_trace_partitions.sql`); every process does this after migrating
+/// and then hourly, so the next week's partition exists well before its first event.
+pub async fn trace_partitions<'c, E>(conn: E) -> Result<i32, sqlx::Error>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Postgres>,
+{
+    let made: i32 = sqlx::query_scalar("SELECT tether_trace_partitions($1)")
+        .bind(crate::domain::now_millis())
+        .fetch_one(conn)
+        .await?;
+    if made > 0 {
+        tracing::info!(partitions = made, "trace_events partitions made");
+    }
+    Ok(made)
+}
+
+async fn postgres_locked(conn: &mut PgConnection, last: i64) -> Result<usize, sqlx::Error> {
     sqlx::query(
         "CREATE TABLE IF NOT EXISTS tether_migrations (
             version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
@@ -76,7 +110,7 @@ async fn postgres_locked(conn: &mut PgConnection) -> Result<usize, sqlx::Error> 
     .execute(&mut *conn)
     .await?;
     let mut applied = 0;
-    for &(version, name, sql) in POSTGRES {
+    for &(version, name, sql) in POSTGRES.iter().filter(|m| m.0 <= last) {
         let mut tx = conn.begin().await?;
         let done: Option<i64> =
             sqlx::query_scalar("SELECT version FROM tether_migrations WHERE version = $1")

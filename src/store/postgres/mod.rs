@@ -114,6 +114,7 @@ impl PgStore {
         tokio::spawn(accept_loop(pool.clone(), sink.clone(), dispatch, rx));
         let (attempts, rx) = mpsc::channel(ATTEMPT_QUEUE);
         tokio::spawn(attempts::commit_loop(pool.clone(), sink.clone(), rx));
+        tokio::spawn(partition_upkeep(pool.clone(), stop.clone()));
         Ok(Self {
             pool,
             sink,
@@ -128,6 +129,20 @@ impl PgStore {
     /// The pool, for the roles that need their own connections (LISTEN, tests).
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+}
+
+/// Keeps the next week's `trace_events` partition made ahead of its first event (opening the
+/// store made this week's and the next; see `migrate::trace_partitions`).
+async fn partition_upkeep(pool: PgPool, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        }
+        if let Err(e) = super::migrate::trace_partitions(&pool).await {
+            tracing::warn!(error = %e, "could not make trace_events partitions; trying again in an hour");
+        }
     }
 }
 
