@@ -1399,12 +1399,30 @@ const SYNTHETIC_EVENTS: &str = "(VALUES
     (8, 'EventEmitter', 'SUCCESS', NULL::int, NULL, 'SUCCEEDED'))
     AS e(seq, component, status, attempt, message, state)";
 
-/// Bulk-loads `rows` events (8 per trace) of past traces whose IDs are UUID v7 from 30 days
-/// ago, in ID order (as a table that grew over time: new traces sort after all of them).
+/// How long ago the bulk-loaded history was written: 30 days, unless
+/// `TETHER_BENCH_PG_HISTORY_MINUTES` says otherwise (60 puts it in this week's partition, next to
+/// the accepts measured).
+fn history_age_minutes() -> i64 {
+    std::env::var("TETHER_BENCH_PG_HISTORY_MINUTES")
+        .ok()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(30 * 24 * 60)
+}
+
+fn history_age() -> String {
+    match history_age_minutes() {
+        m if m % (24 * 60) == 0 => format!("{} days", m / (24 * 60)),
+        m => format!("{m} minutes"),
+    }
+}
+
+/// Bulk-loads `rows` events (8 per trace) of past traces whose IDs are UUID v7 from
+/// [`history_age`] ago, in ID order (as a table that grew over time: new traces sort after all
+/// of them).
 async fn bulk_load(url: &str, rows: u64) -> anyhow::Result<BulkLoad> {
     let mut conn = PgConnection::connect(url).await?;
     let traces = rows.div_ceil(8) as i64;
-    let base_ms = chrono::Utc::now().timestamp_millis() - 30 * 86_400_000;
+    let base_ms = chrono::Utc::now().timestamp_millis() - history_age_minutes() * 60_000;
     // One row per trace first (OFFSET 0 keeps it from being flattened, so each trace's IDs are
     // computed once), then its 8 events.
     let sql = format!(
@@ -2272,14 +2290,16 @@ fn markdown(
         format!(
             "- (3) two new databases, one of them loaded first with {} `trace_events` rows: one \
              `INSERT … SELECT … FROM generate_series` of 8 events per past trace (UUID v7 IDs \
-             from 30 days ago, in order, messages and details as tether writes them), then \
+             from {} ago, in order, messages and details as tether writes them, into the \
+             partition of their week, made first as tether makes it), then \
              `ANALYZE`, `VACUUM` and `CHECKPOINT` (so autovacuum and the checkpoint do not land \
              in the measurement); an API on each (warmed up 1 s). Accepts as in (1), in the \
              order empty, loaded, loaded, empty, {half} s each; then trace queries the same \
              way: {c} clients, each request for a random trace that database accepted, \
              alternately `trace(traceId) {{ state attempts events {{ … }} }}` and \
              `traceEvents(traceId)`.",
-            opts.pg_trace_rows
+            opts.pg_trace_rows,
+            history_age()
         ),
         "- (4) CPU: user + system time from `/proc/<pid>/stat` over the phase ÷ its wall time, \
          for tether's processes, graphile-worker's node processes, this benchmark, every \

@@ -3,8 +3,8 @@
 //!
 //! * **Accepts** are group-committed like on SQLite: a task drains whatever has arrived and
 //!   writes it in one statement (the commands, their `ACCEPTED` events, their dispatch rows,
-//!   each table one multi-row `UNNEST` insert), a few batches in flight at once so one
-//!   batch's commit overlaps the next one's statement.
+//!   each table one multi-row `UNNEST` insert), one batch at a time: what arrives while a
+//!   batch commits forms the next one.
 //! * **Claims** use `FOR UPDATE SKIP LOCKED`, so any number of workers take disjoint commands
 //!   without waiting for each other; the lease token (`fence`) and the lease's expiry fence
 //!   every later write of the attempt (G3). One statement claims many commands and writes
@@ -18,6 +18,10 @@
 //!   restores per-trace order, reading the database to fill any gap (G5).
 //! * **Across processes**, after every commit that appended events the writer announces their
 //!   keys, and after one that made work runnable it wakes the workers; see [`feed`].
+//! * **History.** `trace_events` has one partition per week of trace creation, so new events
+//!   are written next to recent ones whatever the size of the history; the store makes the
+//!   coming week's partition ahead ([`partition_upkeep`],
+//!   `migrations/postgres/0004_trace_partitions.sql`).
 
 mod attempts;
 mod feed;
