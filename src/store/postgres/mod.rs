@@ -20,7 +20,7 @@
 //!   keys, and after one that made work runnable it wakes the workers; see [`feed`].
 //! * **History.** `trace_events` has one partition per week of trace creation, so new events
 //!   are written next to recent ones whatever the size of the history; the store makes the
-//!   coming week's partition ahead ([`partition_upkeep`],
+//!   coming week's partition ahead (`partition_upkeep`,
 //!   `migrations/postgres/0004_trace_partitions.sql`).
 
 mod attempts;
