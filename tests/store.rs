@@ -409,6 +409,17 @@ async fn partitions_of(db: &TestDb, traces: &[TraceId]) -> Vec<String> {
     names
 }
 
+/// Writes a trace's first two events straight into `trace_events` (seq 1 and 2).
+async fn two_events(db: &TestDb, trace: TraceId) {
+    db.rows(
+        "INSERT INTO trace_events (trace_id, seq, component, status, state, at)
+         VALUES ($1, 1, 'CommandApi', 'ACCEPTED', 'PENDING', 0),
+                ($1, 2, 'TransactionListener', 'ACCEPTED', 'RUNNING', 0)",
+        &[&trace.to_string()],
+    )
+    .await;
+}
+
 /// A UUID v7 text of millisecond `ms`, as `TraceId::new` makes them at that time.
 fn trace_at(ms: i64) -> TraceId {
     let ts = uuid::Timestamp::from_unix(
@@ -464,13 +475,7 @@ async fn postgres_trace_events_go_to_the_partition_of_their_week() {
 
     let (old, far) = (trace_at(month_ago), trace_at(now + 520 * WEEK));
     for trace in [old, far] {
-        db.rows(
-            "INSERT INTO trace_events (trace_id, seq, component, status, state, at)
-             VALUES ($1, 1, 'CommandApi', 'ACCEPTED', 'PENDING', 0),
-                    ($1, 2, 'TransactionListener', 'ACCEPTED', 'RUNNING', 0)",
-            &[&trace.to_string()],
-        )
-        .await;
+        two_events(&db, trace).await;
     }
     assert_eq!(
         partitions_of(&db, &[old, far]).await,
@@ -507,13 +512,7 @@ async fn postgres_events_written_before_the_partitioning_stay_readable() {
         &[&old.to_string()],
     )
     .await;
-    db.rows(
-        "INSERT INTO trace_events (trace_id, seq, component, status, state, at)
-         VALUES ($1, 1, 'CommandApi', 'ACCEPTED', 'PENDING', 0),
-                ($1, 2, 'TransactionListener', 'ACCEPTED', 'RUNNING', 0)",
-        &[&old.to_string()],
-    )
-    .await;
+    two_events(&db, old).await;
 
     let hub = tether::hub::Hub::new(HashMap::new(), 16, 240_000);
     let store = db.store(hub, 100).await;
