@@ -438,7 +438,7 @@ fn week_partition(ms: i64) -> String {
 }
 
 /// PostgreSQL only (SQLite has no partitions): each trace's events go to the partition of the
-/// week it was accepted in; the week's and the next week's partitions are made when the store
+/// week it was accepted in (IDs that are not UUID v7 to a partition of their own); the week's and the next week's partitions are made when the store
 /// opens, older weeks' by `tether_trace_partitions`, once however many processes ask at once;
 /// an ID outside every partition goes to the default one and is read like any other.
 #[tokio::test]
@@ -473,15 +473,30 @@ async fn postgres_trace_events_go_to_the_partition_of_their_week() {
         "that week's partition and the next one's, made once"
     );
 
+    // A trace of last month, one ten years ahead (no partition: the default one), and one whose
+    // ID is not v7 (AppSync's util.autoId() makes v4 IDs).
     let (old, far) = (trace_at(month_ago), trace_at(now + 520 * WEEK));
-    for trace in [old, far] {
+    let v4 = TraceId::from(uuid::Uuid::new_v4());
+    for trace in [old, far, v4] {
         two_events(&db, trace).await;
     }
     assert_eq!(
-        partitions_of(&db, &[old, far]).await,
-        [week_partition(month_ago), "trace_events_default".to_owned()]
+        partitions_of(&db, &[old, far, v4]).await,
+        [
+            week_partition(month_ago),
+            "trace_events_default".to_owned(),
+            "trace_events_unordered".to_owned()
+        ]
     );
-    for trace in [old, far] {
+    // The trace ten years ahead does not stop its week's partition being made (it is then
+    // left out, its events stay in the default partition), nor the week after.
+    let far_ms = (now + 520 * WEEK).to_string();
+    let args: [&str; 1] = [&far_ms];
+    let made = db
+        .rows("SELECT tether_trace_partitions($1::bigint)", &args)
+        .await;
+    assert_eq!(made[0][0].as_i64(), Some(1), "the week after only");
+    for trace in [old, far, v4] {
         let events = store.trace_events(trace, 0, 10).await.unwrap();
         assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
     }
@@ -505,7 +520,13 @@ async fn postgres_events_written_before_the_partitioning_stay_readable() {
         3
     );
     conn.close().await.unwrap();
+    // A trace of now, one whose ID is not v7, and one ten years ahead (a clock that ran ahead).
     let old = TraceId::new();
+    let v4 = TraceId::from(uuid::Uuid::new_v4());
+    let ahead = trace_at(now_millis() + 520 * WEEK);
+    for trace in [v4, ahead] {
+        two_events(&db, trace).await;
+    }
     db.rows(
         "INSERT INTO commands (trace_id, command_type, payload, owner, state, last_seq, created_at, updated_at)
          VALUES ($1, 'createOrder', '{}', 'alice', 'PENDING', 2, 0, 0)",
@@ -519,12 +540,22 @@ async fn postgres_events_written_before_the_partitioning_stay_readable() {
     let events = store.trace_events(old, 0, 10).await.unwrap();
     assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
     assert_eq!(store.trace(old).await.unwrap().unwrap().owner, "alice");
-    // This week still belongs to the old table; the next week has its own partition.
+    // This week still belongs to the old table, as do IDs that are not v7; the trace ahead
+    // moved to the default partition; the next week has its own partition.
     let new = store.accept(command("alice", None)).await.unwrap().trace_id;
     assert_eq!(
-        partitions_of(&db, &[old, new]).await,
-        ["trace_events_legacy", "trace_events_legacy"]
+        partitions_of(&db, &[old, new, v4, ahead]).await,
+        [
+            "trace_events_legacy",
+            "trace_events_legacy",
+            "trace_events_legacy",
+            "trace_events_default"
+        ]
     );
+    for trace in [v4, ahead] {
+        let events = store.trace_events(trace, 0, 10).await.unwrap();
+        assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+    }
     let next = trace_at(now_millis() + WEEK);
     db.rows(
         "INSERT INTO trace_events (trace_id, seq, component, status, state, at)
