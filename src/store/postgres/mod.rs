@@ -19,10 +19,9 @@
 //! * **Across processes**, after every commit that appended events the writer announces their
 //!   keys, and after one that made work runnable it wakes the workers; see [`feed`].
 //! * **History.** `trace_events` has one partition per week of trace creation (and one for
-//!   trace IDs that are not UUID v7), so new events
-//!   are written next to recent ones whatever the size of the history; the store makes the
-//!   coming week's partition ahead (`partition_upkeep`,
-//!   `migrations/postgres/0004_trace_partitions.sql`).
+//!   trace IDs that are not UUID v7), so new events are written next to recent ones whatever
+//!   the size of the history; the store makes the coming week's partition ahead
+//!   (`partition_upkeep`, `migrations/postgres/0004_trace_partitions.sql`).
 
 mod attempts;
 mod feed;
