@@ -75,6 +75,18 @@ pub trait Tx: Send {
         sql: &'static str,
         args: &[SqlArg],
     ) -> Result<Option<Vec<Value>>, StoreError>;
+    /// Inserts one row (`values` in the order of `columns`) and reads nothing back. A store
+    /// that runs several attempts in one transaction may hold the row and write it together
+    /// with the other attempts' rows for the same table and columns, in one statement, before
+    /// any later statement of the transaction runs; so the command's next `execute` or
+    /// `fetch_optional` sees it, and if it is refused (a duplicate key, say) the store finds
+    /// out whose row it was and fails that attempt alone, as if this call had failed.
+    async fn insert(
+        &mut self,
+        table: &'static str,
+        columns: &'static [&'static str],
+        values: Vec<SqlArg>,
+    ) -> Result<(), StoreError>;
 }
 
 /// What a successful attempt leaves behind, written in the same transaction as its business

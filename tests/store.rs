@@ -25,6 +25,7 @@ contract!(
     sent_outbox_rows_are_deleted_after_their_retention_and_unsent_ones_never,
     a_lease_is_exclusive_and_a_stale_token_writes_nothing,
     attempts_sharing_a_commit_roll_back_alone,
+    inserted_rows_are_seen_and_a_refused_one_fails_its_attempt_alone,
     an_expired_lease_commits_nothing_and_a_renewed_one_is_not_taken_over,
     concurrent_claimers_never_share_a_command,
 );
@@ -258,6 +259,125 @@ async fn attempts_sharing_a_commit_roll_back_alone(backend: Backend) {
         again.unwrap(),
         tether::ports::AttemptOutcome::Fenced
     ));
+}
+
+/// Adds an order with `Tx::insert`, then, if told to, reads it back in the same transaction.
+struct InsertOrder {
+    trace_id: TraceId,
+    order_id: String,
+    read_back: bool,
+}
+
+#[async_trait::async_trait]
+impl tether::ports::AttemptWork for InsertOrder {
+    async fn run(
+        &self,
+        tx: &mut dyn tether::ports::Tx,
+    ) -> Result<tether::ports::AttemptDone, tether::domain::CommandError> {
+        let failed = |e: StoreError| tether::domain::CommandError::technical(e.to_string());
+        tx.insert(
+            "orders",
+            &[
+                "order_id",
+                "trace_id",
+                "customer_id",
+                "items",
+                "total_cents",
+                "status",
+                "created_at",
+                "updated_at",
+            ],
+            vec![
+                self.order_id.as_str().into(),
+                self.trace_id.to_string().into(),
+                "c".into(),
+                "[]".into(),
+                tether::ports::SqlArg::Int(1),
+                "CREATED".into(),
+                tether::ports::SqlArg::Int(0),
+                tether::ports::SqlArg::Int(0),
+            ],
+        )
+        .await
+        .map_err(failed)?;
+        if !self.read_back {
+            return Ok(tether::ports::AttemptDone::default());
+        }
+        let seen = tx
+            .fetch_optional(
+                "SELECT trace_id FROM orders WHERE order_id = $1",
+                &[self.order_id.as_str().into()],
+            )
+            .await
+            .map_err(failed)?;
+        if seen != Some(vec![json!(self.trace_id.to_string())]) {
+            return Err(tether::domain::CommandError::technical(format!(
+                "the order just inserted reads back as {seen:?}"
+            )));
+        }
+        Ok(tether::ports::AttemptDone::default())
+    }
+}
+
+async fn inserted_rows_are_seen_and_a_refused_one_fails_its_attempt_alone(backend: Backend) {
+    let (store, db) = store(backend).await;
+    for _ in 0..41 {
+        store.accept(command("alice", None)).await.unwrap();
+    }
+    let first = store.claim(1, 10_000).await.unwrap().remove(0);
+    let work = Arc::new(InsertOrder {
+        trace_id: first.trace_id,
+        order_id: "taken".into(),
+        read_back: true,
+    });
+    assert!(matches!(
+        store.commit_attempt(&first, work).await.unwrap(),
+        tether::ports::AttemptOutcome::Committed
+    ));
+    // 40 attempts at once, so they share commits: one reuses an existing order ID, two
+    // others insert the same new one; every other one reads its order back.
+    let claims = store.claim(40, 10_000).await.unwrap();
+    assert_eq!(claims.len(), 40);
+    let order_id = |i: usize| match i {
+        7 => "taken".to_owned(),
+        8 | 9 => "twin".to_owned(),
+        _ => format!("ord-{i}"),
+    };
+    let outcomes = futures_util::future::join_all(claims.iter().enumerate().map(|(i, claim)| {
+        let store = store.clone();
+        let work = Arc::new(InsertOrder {
+            trace_id: claim.trace_id,
+            order_id: order_id(i),
+            read_back: i % 2 == 0,
+        });
+        async move { store.commit_attempt(claim, work).await.unwrap() }
+    }))
+    .await;
+    let mut twins_committed = 0;
+    for (i, (claim, outcome)) in claims.iter().zip(outcomes).enumerate() {
+        let orders = db
+            .scalar(
+                "SELECT count(*) FROM orders WHERE trace_id = $1",
+                &claim.trace_id.to_string(),
+            )
+            .await;
+        let state = store.trace(claim.trace_id).await.unwrap().unwrap().state;
+        let committed = matches!(outcome, tether::ports::AttemptOutcome::Committed);
+        match i {
+            7 => assert_eq!((committed, orders, state.as_str()), (false, 0, "RUNNING")),
+            8 | 9 if !committed => assert_eq!((orders, state.as_str()), (0, "RUNNING")),
+            _ => {
+                assert!(committed, "attempt {i}: {outcome:?}");
+                assert_eq!((orders, state.as_str()), (1, "SUCCEEDED"));
+                twins_committed += usize::from(i == 8 || i == 9);
+            }
+        }
+    }
+    assert_eq!(
+        twins_committed, 1,
+        "exactly one of two equal order IDs lands"
+    );
+    assert_eq!(db.count("SELECT count(*) FROM orders").await, 39);
 }
 
 async fn an_expired_lease_commits_nothing_and_a_renewed_one_is_not_taken_over(backend: Backend) {

@@ -93,15 +93,26 @@ impl Invokable for CreateOrder {
         let order_id = format!("ord_{}", uuid::Uuid::now_v7().simple());
         let now = now_millis();
         ctx.tx
-            .execute(
-                "INSERT INTO orders (order_id, trace_id, customer_id, items, total_cents, status, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, 'CREATED', $6, $6)",
+            .insert(
+                "orders",
                 &[
+                    "order_id",
+                    "trace_id",
+                    "customer_id",
+                    "items",
+                    "total_cents",
+                    "status",
+                    "created_at",
+                    "updated_at",
+                ],
+                vec![
                     SqlArg::from(order_id.as_str()),
                     SqlArg::from(ctx.trace_id.to_string()),
                     SqlArg::from(customer_id.as_str()),
                     SqlArg::from(Value::from(items.clone()).to_string()),
                     SqlArg::Int(total_cents),
+                    SqlArg::from("CREATED"),
+                    SqlArg::Int(now),
                     SqlArg::Int(now),
                 ],
             )

@@ -111,6 +111,23 @@ fn parse_json(s: &str) -> Result<Value, StoreError> {
     serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("bad JSON column: {e}")))
 }
 
+/// `INSERT INTO "table" ("a", "b", …)` for `Tx::insert`, once the values match the columns.
+fn insert_head(table: &str, columns: &[&str], values: usize) -> Result<String, StoreError> {
+    if columns.is_empty() || columns.len() != values {
+        return Err(StoreError::Failed(format!(
+            "insert into {table}: {} columns, {values} values",
+            columns.len()
+        )));
+    }
+    let quoted = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
+    let columns: Vec<String> = columns.iter().map(|c| quoted(c)).collect();
+    Ok(format!(
+        "INSERT INTO {} ({})",
+        quoted(table),
+        columns.join(", ")
+    ))
+}
+
 /// How many events a claim writes on its trace.
 const PICKED_EVENTS: usize = 2;
 

@@ -877,6 +877,22 @@ fn bind_dollar(stmt: &mut rusqlite::Statement<'_>, args: &[SqlArg]) -> Result<()
 
 #[async_trait]
 impl Tx for SqliteTx<'_> {
+    /// Runs at once: SQLite is in-process, so holding rows back saves no round trip.
+    async fn insert(
+        &mut self,
+        table: &'static str,
+        columns: &'static [&'static str],
+        values: Vec<SqlArg>,
+    ) -> Result<(), StoreError> {
+        let head = super::insert_head(table, columns, values.len())?;
+        let placeholders: Vec<String> = (1..=values.len()).map(|i| format!("${i}")).collect();
+        let sql = format!("{head} VALUES ({})", placeholders.join(", "));
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        bind_dollar(&mut stmt, &values)?;
+        stmt.raw_execute()?;
+        Ok(())
+    }
+
     async fn execute(&mut self, sql: &'static str, args: &[SqlArg]) -> Result<u64, StoreError> {
         let mut stmt = self.conn.prepare_cached(sql)?;
         bind_dollar(&mut stmt, args)?;

@@ -5,14 +5,20 @@
 //!   1. one statement checks every lease (`FOR UPDATE`, so no sweeper takes one over until
 //!      the commit) and writes the dedup marks; attempts whose lease is gone, or whose series
 //!      was already processed, are fenced off and write nothing (G3);
-//!   2. each remaining command runs, back to back, on the group's connection;
+//!   2. each remaining command runs, back to back, on the group's connection; the rows it
+//!      adds with `Tx::insert` are held, and written before the next statement of the group
+//!      (so every statement sees every earlier row) with one statement per table for all the
+//!      attempts (so a group of `createOrder`s costs one round trip for its orders, not one
+//!      each);
 //!   3. one statement writes every result, trace event and outbox row; then the commit.
 //! * A command that fails (an error, a panic, a statement the database refused) may leave
 //!   the transaction unusable: the group is rolled back, that attempt's outcome is its
 //!   failure, and the rest run again as a new group, this time with a savepoint around each
 //!   command, so any further failure is rolled back alone (with its dedup mark) and costs no
 //!   further pass. Nothing of a rolled-back group is visible, so running a command again
-//!   inside the same attempt changes nothing outside it.
+//!   inside the same attempt changes nothing outside it. Held rows that are refused (a
+//!   duplicate key) belong to no attempt in particular: the group is rolled back and runs
+//!   again with savepoints, where each insert is written when it is made.
 //! * A group that fails as a whole (the connection, the commit) falls back to one
 //!   transaction per attempt, so each attempt gets its own outcome.
 
@@ -20,17 +26,17 @@ use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use futures_util::FutureExt;
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Column, PgConnection, PgPool, Row, TypeInfo, ValueRef};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::PgTx;
 use super::feed::Feed;
 use crate::domain::{
     Claim, CommandError, NewTraceEvent, OutboxEvent, TraceEvent, TraceState, now_millis,
 };
-use crate::ports::{AttemptDone, AttemptOutcome, AttemptWork, StoreError};
+use crate::ports::{AttemptDone, AttemptOutcome, AttemptWork, SqlArg, StoreError, Tx};
 
 /// Most attempts one group carries.
 const MAX_GROUP: usize = 64;
@@ -78,6 +84,8 @@ enum Group {
     Committed(Vec<AttemptOutcome>, Vec<TraceEvent>),
     /// The command at this index failed; the transaction was rolled back.
     Failed(usize, CommandError),
+    /// Held rows were refused, so whose attempt failed is not known; rolled back.
+    Refused,
 }
 
 async fn run_group(pool: &PgPool, sink: &Feed, mut jobs: Vec<AttemptJob>) {
@@ -98,18 +106,29 @@ async fn run_group(pool: &PgPool, sink: &Feed, mut jobs: Vec<AttemptJob>) {
                 let _ = job.reply.send(Ok(AttemptOutcome::Failed(error)));
                 savepoints = true;
             }
+            Ok(Group::Refused) => {
+                tracing::debug!(
+                    attempts = jobs.len(),
+                    "held rows were refused; running the group again with a savepoint per attempt"
+                );
+                savepoints = true;
+            }
             Err(e) if jobs.len() == 1 => {
                 let _ = jobs.remove(0).reply.send(Err(e));
             }
             Err(e) => {
                 tracing::warn!(error = %e, attempts = jobs.len(), "a group of attempts failed; running them one by one");
                 for job in jobs.drain(..) {
-                    let outcome = match group_in_tx(pool, std::slice::from_ref(&job), false).await {
+                    // With a savepoint, so the attempt's own failure commits as a failure.
+                    let outcome = match group_in_tx(pool, std::slice::from_ref(&job), true).await {
                         Ok(Group::Committed(mut outcomes, events)) => {
                             sink.committed(&events);
                             Ok(outcomes.remove(0))
                         }
                         Ok(Group::Failed(_, error)) => Ok(AttemptOutcome::Failed(error)),
+                        Ok(Group::Refused) => Err(StoreError::Failed(
+                            "rows were held with savepoints on".into(),
+                        )),
                         Err(e) => Err(e),
                     };
                     let _ = job.reply.send(outcome);
@@ -156,6 +175,9 @@ async fn group_in_tx(
 
     let mut outcomes = Vec::with_capacity(jobs.len());
     let mut done = Vec::new();
+    // Without savepoints, inserted rows wait until the next statement, and the rows of every
+    // attempt go in one statement per table.
+    let mut held = Held::default();
     for (i, job) in jobs.iter().enumerate() {
         if !runnable.contains(&(job.claim.trace_id.to_string(), job.claim.lease_token)) {
             outcomes.push(AttemptOutcome::Fenced);
@@ -165,11 +187,18 @@ async fn group_in_tx(
             sqlx::raw_sql("SAVEPOINT attempt").execute(&mut *tx).await?;
         }
         let run = {
-            let mut view = PgTx { conn: &mut tx };
+            let mut view = PgTx {
+                conn: &mut tx,
+                held: (!savepoints).then_some(&mut held),
+            };
             AssertUnwindSafe(job.work.run(&mut view))
                 .catch_unwind()
                 .await
         };
+        if held.refused {
+            tx.rollback().await?;
+            return Ok(Group::Refused);
+        }
         let error = match run {
             Ok(Ok(d)) => {
                 if savepoints {
@@ -203,6 +232,10 @@ async fn group_in_tx(
             .execute(&mut *tx)
             .await?;
         outcomes.push(AttemptOutcome::Failed(error));
+    }
+    if held.write(&mut tx).await.is_err() {
+        tx.rollback().await?;
+        return Ok(Group::Refused);
     }
     let events = succeed(&mut tx, now, done).await?;
     tx.commit().await?;
@@ -325,4 +358,232 @@ async fn succeed(
         }));
     }
     Ok(events)
+}
+
+/// What a command sees of the attempt's transaction.
+struct PgTx<'c> {
+    conn: &'c mut PgConnection,
+    /// Where `insert` leaves its row while the group runs without savepoints; `None`
+    /// writes it at once.
+    held: Option<&'c mut Held>,
+}
+
+/// Rows the group's commands inserted and that are not written yet.
+#[derive(Default)]
+struct Held {
+    rows: Vec<HeldRow>,
+    /// Writing them failed; whose row was refused is not known.
+    refused: bool,
+}
+
+struct HeldRow {
+    table: &'static str,
+    columns: &'static [&'static str],
+    values: Vec<SqlArg>,
+}
+
+impl Held {
+    async fn write(&mut self, conn: &mut PgConnection) -> Result<(), StoreError> {
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        let rows = std::mem::take(&mut self.rows);
+        let written = write_rows(conn, &rows).await;
+        self.refused |= written.is_err();
+        written
+    }
+}
+
+/// How a column is bound: `Null` where it is NULL in every row of the statement.
+#[derive(Clone, Copy, PartialEq)]
+enum Cell {
+    Null,
+    Int,
+    Real,
+    Text,
+}
+
+impl Cell {
+    fn of(arg: &SqlArg) -> Cell {
+        match arg {
+            SqlArg::Null => Cell::Null,
+            SqlArg::Int(_) => Cell::Int,
+            SqlArg::Real(_) => Cell::Real,
+            SqlArg::Text(_) => Cell::Text,
+        }
+    }
+
+    fn array(self) -> Option<&'static str> {
+        match self {
+            Cell::Null => None,
+            Cell::Int => Some("int8[]"),
+            Cell::Real => Some("float8[]"),
+            Cell::Text => Some("text[]"),
+        }
+    }
+}
+
+/// Writes rows with one `INSERT … SELECT … FROM UNNEST(…)` per table, column list and
+/// column types, in the order each first appears. A column NULL in every row is written as
+/// a plain `NULL`, which takes the column's type.
+async fn write_rows(conn: &mut PgConnection, rows: &[HeldRow]) -> Result<(), StoreError> {
+    type Shape = (&'static str, &'static [&'static str], Vec<Cell>);
+    let mut shapes: Vec<(Shape, Vec<&HeldRow>)> = Vec::new();
+    for row in rows {
+        let shape = (
+            row.table,
+            row.columns,
+            row.values.iter().map(Cell::of).collect(),
+        );
+        match shapes.iter_mut().find(|(s, _)| *s == shape) {
+            Some((_, same)) => same.push(row),
+            None => shapes.push((shape, vec![row])),
+        }
+    }
+    for ((table, columns, cells), rows) in shapes {
+        let head = super::super::insert_head(table, columns, cells.len())?;
+        let mut arrays = Vec::new();
+        let mut select = Vec::with_capacity(cells.len());
+        for array in cells.iter().map(|c| c.array()) {
+            match array {
+                Some(ty) => {
+                    arrays.push(format!("${}::{ty}", arrays.len() + 1));
+                    select.push(format!("u.c{}", arrays.len()));
+                }
+                None => select.push("NULL".to_owned()),
+            }
+        }
+        let from = if arrays.is_empty() {
+            "generate_series(1, $1::int8)".to_owned()
+        } else {
+            let names: Vec<String> = (1..=arrays.len()).map(|i| format!("c{i}")).collect();
+            format!("UNNEST({}) AS u({})", arrays.join(", "), names.join(", "))
+        };
+        let sql = format!("{head} SELECT {} FROM {from}", select.join(", "));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        if arrays.is_empty() {
+            query = query.bind(rows.len() as i64);
+        }
+        for (column, cell) in cells.iter().enumerate() {
+            let values = rows.iter().map(|r| &r.values[column]);
+            // Every row of a shape has this column's variant, so the `else` arms never run.
+            query = match cell {
+                Cell::Null => continue,
+                Cell::Int => query.bind(
+                    values
+                        .map(|v| if let SqlArg::Int(i) = v { *i } else { 0 })
+                        .collect::<Vec<_>>(),
+                ),
+                Cell::Real => query.bind(
+                    values
+                        .map(|v| if let SqlArg::Real(f) = v { *f } else { 0.0 })
+                        .collect::<Vec<_>>(),
+                ),
+                Cell::Text => query.bind(
+                    values
+                        .map(|v| {
+                            if let SqlArg::Text(s) = v {
+                                s.as_str()
+                            } else {
+                                ""
+                            }
+                        })
+                        .collect::<Vec<_>>(),
+                ),
+            };
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+fn bind_args<'q>(
+    mut query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    args: &'q [SqlArg],
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    for arg in args {
+        query = match arg {
+            SqlArg::Null => query.bind(None::<String>),
+            SqlArg::Int(i) => query.bind(*i),
+            SqlArg::Real(f) => query.bind(*f),
+            SqlArg::Text(s) => query.bind(s.as_str()),
+        };
+    }
+    query
+}
+
+impl PgTx<'_> {
+    /// Held rows go first, so every statement sees every earlier insert of the group.
+    async fn write_held(&mut self) -> Result<(), StoreError> {
+        match &mut self.held {
+            Some(held) => held.write(self.conn).await,
+            None => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl Tx for PgTx<'_> {
+    async fn insert(
+        &mut self,
+        table: &'static str,
+        columns: &'static [&'static str],
+        values: Vec<SqlArg>,
+    ) -> Result<(), StoreError> {
+        super::super::insert_head(table, columns, values.len())?;
+        let row = HeldRow {
+            table,
+            columns,
+            values,
+        };
+        match &mut self.held {
+            Some(held) => held.rows.push(row),
+            None => write_rows(self.conn, std::slice::from_ref(&row)).await?,
+        }
+        Ok(())
+    }
+
+    async fn execute(&mut self, sql: &'static str, args: &[SqlArg]) -> Result<u64, StoreError> {
+        self.write_held().await?;
+        Ok(bind_args(sqlx::query(sql), args)
+            .execute(&mut *self.conn)
+            .await?
+            .rows_affected())
+    }
+
+    async fn fetch_optional(
+        &mut self,
+        sql: &'static str,
+        args: &[SqlArg],
+    ) -> Result<Option<Vec<Value>>, StoreError> {
+        self.write_held().await?;
+        let Some(row) = bind_args(sqlx::query(sql), args)
+            .fetch_optional(&mut *self.conn)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut out = Vec::with_capacity(row.columns().len());
+        for (i, column) in row.columns().iter().enumerate() {
+            if row.try_get_raw(i)?.is_null() {
+                out.push(Value::Null);
+                continue;
+            }
+            out.push(match column.type_info().name() {
+                "INT2" => Value::from(row.try_get::<i16, _>(i)?),
+                "INT4" => Value::from(row.try_get::<i32, _>(i)?),
+                "INT8" => Value::from(row.try_get::<i64, _>(i)?),
+                "FLOAT4" => Value::from(row.try_get::<f32, _>(i)?),
+                "FLOAT8" => Value::from(row.try_get::<f64, _>(i)?),
+                "BOOL" => Value::from(row.try_get::<bool, _>(i)?),
+                "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" => Value::from(row.try_get::<String, _>(i)?),
+                other => {
+                    return Err(StoreError::Corrupt(format!(
+                        "column {i} has type {other}; commands read integers, floats, booleans and text"
+                    )));
+                }
+            });
+        }
+        Ok(Some(out))
+    }
 }

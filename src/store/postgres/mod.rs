@@ -33,7 +33,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
-use sqlx::{Column, Connection, PgConnection, PgPool, Row, TypeInfo, ValueRef};
+use sqlx::{Connection, PgConnection, PgPool, Row};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -49,8 +49,8 @@ use crate::domain::{
     TraceEvent, TraceId, TraceRecord, TraceState, now_millis,
 };
 use crate::ports::{
-    AttemptOutcome, AttemptWork, Dispatch, Failure, Next, Rejected, SqlArg, Store, StoreError,
-    TraceClaim, TraceSink, Tx,
+    AttemptOutcome, AttemptWork, Dispatch, Failure, Next, Rejected, Store, StoreError, TraceClaim,
+    TraceSink,
 };
 
 /// How many accepts one group commit may carry.
@@ -1179,70 +1179,5 @@ impl Store for PgStore {
 
     fn wakeups_live(&self) -> bool {
         self.sink.live()
-    }
-}
-
-/// What a command sees of the attempt's transaction.
-struct PgTx<'c> {
-    conn: &'c mut PgConnection,
-}
-
-fn bind_args<'q>(
-    mut query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    args: &'q [SqlArg],
-) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
-    for arg in args {
-        query = match arg {
-            SqlArg::Null => query.bind(None::<String>),
-            SqlArg::Int(i) => query.bind(*i),
-            SqlArg::Real(f) => query.bind(*f),
-            SqlArg::Text(s) => query.bind(s.as_str()),
-        };
-    }
-    query
-}
-
-#[async_trait]
-impl Tx for PgTx<'_> {
-    async fn execute(&mut self, sql: &'static str, args: &[SqlArg]) -> Result<u64, StoreError> {
-        Ok(bind_args(sqlx::query(sql), args)
-            .execute(&mut *self.conn)
-            .await?
-            .rows_affected())
-    }
-
-    async fn fetch_optional(
-        &mut self,
-        sql: &'static str,
-        args: &[SqlArg],
-    ) -> Result<Option<Vec<Value>>, StoreError> {
-        let Some(row) = bind_args(sqlx::query(sql), args)
-            .fetch_optional(&mut *self.conn)
-            .await?
-        else {
-            return Ok(None);
-        };
-        let mut out = Vec::with_capacity(row.columns().len());
-        for (i, column) in row.columns().iter().enumerate() {
-            if row.try_get_raw(i)?.is_null() {
-                out.push(Value::Null);
-                continue;
-            }
-            out.push(match column.type_info().name() {
-                "INT2" => Value::from(row.try_get::<i16, _>(i)?),
-                "INT4" => Value::from(row.try_get::<i32, _>(i)?),
-                "INT8" => Value::from(row.try_get::<i64, _>(i)?),
-                "FLOAT4" => Value::from(row.try_get::<f32, _>(i)?),
-                "FLOAT8" => Value::from(row.try_get::<f64, _>(i)?),
-                "BOOL" => Value::from(row.try_get::<bool, _>(i)?),
-                "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" => Value::from(row.try_get::<String, _>(i)?),
-                other => {
-                    return Err(StoreError::Corrupt(format!(
-                        "column {i} has type {other}; commands read integers, floats, booleans and text"
-                    )));
-                }
-            });
-        }
-        Ok(Some(out))
     }
 }
