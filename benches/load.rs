@@ -609,6 +609,25 @@ const READY_API: &str = "tether is ready on http://";
 
 /// Spawns the tether binary with `args` and the benchmark's API keys; stderr goes to a log
 /// file. The receiver yields what follows `ready` on the first stdout line that contains it.
+/// The tether binary the benchmark runs: this build's, or `TETHER_BENCH_TETHER_BIN` (another
+/// build of tether, to measure two versions side by side in alternating runs).
+fn tether_bin() -> std::ffi::OsString {
+    std::env::var_os("TETHER_BENCH_TETHER_BIN")
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_tether").into())
+}
+
+/// Said in a written report's header when another build than this tree's was measured.
+fn tether_bin_note() -> String {
+    match std::env::var_os("TETHER_BENCH_TETHER_BIN").filter(|b| !b.is_empty()) {
+        Some(bin) => format!(
+            " tether was {} (TETHER_BENCH_TETHER_BIN), not this tree's build.",
+            bin.to_string_lossy()
+        ),
+        None => String::new(),
+    }
+}
+
 fn spawn_tether_with(
     dir: &Path,
     name: &str,
@@ -616,7 +635,7 @@ fn spawn_tether_with(
     ready: &'static str,
 ) -> anyhow::Result<(ChildGuard, oneshot::Receiver<String>)> {
     let stderr = File::create(dir.join(format!("{name}.stderr.log")))?;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
+    let mut child = Command::new(tether_bin())
         .args(args)
         .args(["--api-keys", "alice:alice-key"])
         // Publishing trace events is `@aws_iam`: the bench signs it like a worker would.
@@ -2062,13 +2081,14 @@ impl Report {
             md,
             "Machine: {cpus} vCPU, shared and noisy; the benchmark client and the server share \
              those CPUs and talk over 127.0.0.1, so figures move by tens of percent between runs. \
-             Open-file limit: {}.{}\n",
+             Open-file limit: {}.{}{}\n",
             open_files_limit().map_or("unknown".into(), |n| n.to_string()),
             if dirty {
                 " The working tree had uncommitted changes at the time."
             } else {
                 ""
-            }
+            },
+            tether_bin_note()
         );
         let _ = writeln!(md, "| Figure | Value | Target |\n|---|---|---|");
         for r in self.rows(opts) {

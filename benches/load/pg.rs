@@ -173,7 +173,7 @@ async fn count(pool: &PgPool, sql: &'static str) -> Result<i64, sqlx::Error> {
 
 /// `tether migrate` on `url`.
 async fn migrate(url: &str) -> anyhow::Result<()> {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+    let out = tokio::process::Command::new(tether_bin())
         .args(["migrate", "--database-url", url])
         .env_remove("RUST_LOG")
         .output()
@@ -2217,13 +2217,14 @@ fn markdown(
     let _ = writeln!(
         md,
         "Machine: {cpus} vCPU, shared and noisy; the benchmark client, tether, the peers and \
-         PostgreSQL all share those CPUs, so compare figures of the same run. Server: {}.{}\n",
+         PostgreSQL all share those CPUs, so compare figures of the same run. Server: {}.{}{}\n",
         r.server,
         if dirty {
             " The working tree had uncommitted changes at the time."
         } else {
             ""
-        }
+        },
+        tether_bin_note()
     );
     let _ = env;
     let _ = writeln!(md, "| Figure | Value | Target |\n|---|---|---|");
