@@ -508,6 +508,82 @@ async fn postgres_emitters_of_different_processes_take_disjoint_outbox_rows() {
     assert!(a.unsent_outbox(100).await.unwrap().is_empty());
 }
 
+/// Succeeds with one outbox row.
+struct Announce {
+    trace_id: TraceId,
+}
+
+#[async_trait::async_trait]
+impl tether::ports::AttemptWork for Announce {
+    async fn run(
+        &self,
+        _tx: &mut dyn tether::ports::Tx,
+    ) -> Result<tether::ports::AttemptDone, tether::domain::CommandError> {
+        Ok(tether::ports::AttemptDone {
+            result: json!({}),
+            outbox: vec![tether::domain::OutboxEvent {
+                event_id: uuid::Uuid::new_v4(),
+                trace_id: self.trace_id,
+                event_type: "OrderCreated".into(),
+                payload: json!({}),
+            }],
+            events: Vec::new(),
+        })
+    }
+}
+
+/// Accepts, claims and commits `n` commands on `store`, each with one outbox row.
+async fn announced(store: &Arc<dyn Store>, n: usize) {
+    for _ in 0..n {
+        store.accept(command("alice", None)).await.unwrap();
+    }
+    for claim in store.claim(n, 10_000).await.unwrap() {
+        let work = Arc::new(Announce {
+            trace_id: claim.trace_id,
+        });
+        let outcome = store.commit_attempt(&claim, work).await.unwrap();
+        assert!(matches!(outcome, tether::ports::AttemptOutcome::Committed));
+    }
+}
+
+/// PostgreSQL only: the outbox rows a process's attempts commit are taken by that process
+/// from the start and handed to its own emitter, each once; another process gets them only
+/// once that claim has run out (the process died before publishing them).
+#[tokio::test]
+async fn postgres_outbox_rows_go_to_their_own_process_first_and_to_others_after_its_claim() {
+    let db = TestDb::new(Backend::Postgres, "relay").await;
+    let hub = || tether::hub::Hub::new(HashMap::new(), 16, 240_000);
+    let (a, b) = (db.store(hub(), 100).await, db.store(hub(), 100).await);
+    announced(&a, 4).await;
+    let unsent = "SELECT count(*) FROM outbox WHERE sent_at IS NULL AND claimed_by IS NOT NULL";
+    assert_eq!(db.count(unsent).await, 4, "taken by their writer at once");
+    assert!(b.unsent_outbox(100).await.unwrap().is_empty());
+    let ids = |v: &[tether::domain::OutboxEvent]| -> std::collections::HashSet<_> {
+        v.iter().map(|e| e.event_id).collect()
+    };
+    // Handed over once each: the second call gets the other two, not the first two again.
+    let first = a.unsent_outbox(2).await.unwrap();
+    let rest = a.unsent_outbox(100).await.unwrap();
+    assert_eq!((first.len(), rest.len()), (2, 2));
+    assert!(ids(&first).is_disjoint(&ids(&rest)));
+    // Not published (the emitter failed): they are still its own to take again.
+    let again = a.unsent_outbox(100).await.unwrap();
+    assert_eq!(ids(&again), &ids(&first) | &ids(&rest));
+    a.mark_sent(&again).await.unwrap();
+    assert!(a.unsent_outbox(100).await.unwrap().is_empty());
+
+    // `a` dies holding two new rows: `b` takes them once the claim has run out.
+    announced(&a, 2).await;
+    drop(a);
+    assert!(b.unsent_outbox(100).await.unwrap().is_empty());
+    db.rows(
+        "UPDATE outbox SET claimed_until = 0 WHERE sent_at IS NULL",
+        &[],
+    )
+    .await;
+    assert_eq!(b.unsent_outbox(100).await.unwrap().len(), 2);
+}
+
 /// The partition holding each of `traces`' events (PostgreSQL's `trace_events` is partitioned
 /// by week of trace creation; SQLite's is one table).
 async fn partitions_of(db: &TestDb, traces: &[TraceId]) -> Vec<String> {

@@ -10,7 +10,9 @@
 //!      (so every statement sees every earlier row) with one statement per table for all the
 //!      attempts (so a group of `createOrder`s costs one round trip for its orders, not one
 //!      each);
-//!   3. one statement writes every result, trace event and outbox row; then the commit.
+//!   3. one statement writes every result, trace event and outbox row (the outbox rows
+//!      already taken by this process, and handed to its emitter after the commit; see
+//!      [`relay`](super::relay)); then the commit.
 //! * A command that fails (an error, a panic, a statement the database refused) may leave
 //!   the transaction unusable: the group is rolled back, that attempt's outcome is its
 //!   failure, and the rest run again as a new group, this time with a savepoint around each
@@ -33,6 +35,7 @@ use sqlx::{Column, PgConnection, PgPool, Row, TypeInfo, ValueRef};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::feed::Feed;
+use super::relay::Relay;
 use crate::domain::{
     Claim, CommandError, NewTraceEvent, OutboxEvent, TraceEvent, TraceState, now_millis,
 };
@@ -49,7 +52,18 @@ pub(super) struct AttemptJob {
     pub reply: oneshot::Sender<Result<AttemptOutcome, StoreError>>,
 }
 
-pub(super) async fn commit_loop(pool: PgPool, sink: Arc<Feed>, mut rx: mpsc::Receiver<AttemptJob>) {
+/// What every group of a process shares.
+pub(super) struct Committer {
+    pub pool: PgPool,
+    pub sink: Arc<Feed>,
+    /// Where committed outbox rows go for this process's emitter.
+    pub relay: Arc<Relay>,
+    /// This process's name, written as the taker of the outbox rows.
+    pub node: Arc<str>,
+}
+
+pub(super) async fn commit_loop(committer: Committer, mut rx: mpsc::Receiver<AttemptJob>) {
+    let committer = Arc::new(committer);
     let in_flight = Arc::new(Semaphore::new(GROUPS_IN_FLIGHT));
     loop {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
@@ -70,9 +84,9 @@ pub(super) async fn commit_loop(pool: PgPool, sink: Arc<Feed>, mut rx: mpsc::Rec
                 }
             }
         }
-        let (pool, sink) = (pool.clone(), sink.clone());
+        let committer = committer.clone();
         tokio::spawn(async move {
-            run_group(&pool, &sink, group).await;
+            run_group(&committer, group).await;
             drop(permit);
         });
     }
@@ -88,14 +102,14 @@ enum Group {
     Refused,
 }
 
-async fn run_group(pool: &PgPool, sink: &Feed, mut jobs: Vec<AttemptJob>) {
+async fn run_group(c: &Committer, mut jobs: Vec<AttemptJob>) {
     // First without savepoints (no extra round trips); once a command has failed, the rest
     // run again with one savepoint each, so further failures cost no more passes.
     let mut savepoints = false;
     while !jobs.is_empty() {
-        match group_in_tx(pool, &jobs, savepoints).await {
+        match group_in_tx(c, &jobs, savepoints).await {
             Ok(Group::Committed(outcomes, events)) => {
-                sink.committed(&events);
+                c.sink.committed(&events);
                 for (job, outcome) in jobs.into_iter().zip(outcomes) {
                     let _ = job.reply.send(Ok(outcome));
                 }
@@ -120,9 +134,9 @@ async fn run_group(pool: &PgPool, sink: &Feed, mut jobs: Vec<AttemptJob>) {
                 tracing::warn!(error = %e, attempts = jobs.len(), "a group of attempts failed; running them one by one");
                 for job in jobs.drain(..) {
                     // With a savepoint, so the attempt's own failure commits as a failure.
-                    let outcome = match group_in_tx(pool, std::slice::from_ref(&job), true).await {
+                    let outcome = match group_in_tx(c, std::slice::from_ref(&job), true).await {
                         Ok(Group::Committed(mut outcomes, events)) => {
-                            sink.committed(&events);
+                            c.sink.committed(&events);
                             Ok(outcomes.remove(0))
                         }
                         Ok(Group::Failed(_, error)) => Ok(AttemptOutcome::Failed(error)),
@@ -139,12 +153,12 @@ async fn run_group(pool: &PgPool, sink: &Feed, mut jobs: Vec<AttemptJob>) {
 }
 
 async fn group_in_tx(
-    pool: &PgPool,
+    c: &Committer,
     jobs: &[AttemptJob],
     savepoints: bool,
 ) -> Result<Group, StoreError> {
     let now = now_millis();
-    let mut tx = pool.begin().await?;
+    let mut tx = c.pool.begin().await?;
     // Keyed by lease token too: a zombie and its successor may meet in one group.
     let runnable: HashSet<(String, i64)> = sqlx::query_as(
         "WITH ours AS (
@@ -237,22 +251,37 @@ async fn group_in_tx(
         tx.rollback().await?;
         return Ok(Group::Refused);
     }
-    let events = succeed(&mut tx, now, done).await?;
-    tx.commit().await?;
+    let outbox: Vec<OutboxEvent> = done
+        .iter_mut()
+        .flat_map(|(_, d)| std::mem::take(&mut d.outbox))
+        .collect();
+    let claimed_until = now + super::OUTBOX_CLAIM_MS;
+    let events = succeed(&mut tx, now, done, &outbox, (&c.node, claimed_until)).await?;
+    // Listed before the commit, so that no claiming statement can see a row not yet listed.
+    let handed = c.relay.pending(outbox);
+    match tx.commit().await {
+        Ok(()) => c.relay.committed(handed, claimed_until),
+        Err(e) => {
+            c.relay.dropped(handed);
+            return Err(e.into());
+        }
+    }
     Ok(Group::Committed(outcomes, events))
 }
 
 /// Writes the successful attempts in one statement: each command's result and state, its
-/// trace events (numbered after its last one) and its outbox rows.
+/// trace events (numbered after its last one) and its outbox rows (`outbox`, taken by
+/// `taker` = (node, until)).
 async fn succeed(
     conn: &mut PgConnection,
     now: i64,
     done: Vec<(&Claim, AttemptDone)>,
+    outbox: &[OutboxEvent],
+    taker: (&str, i64),
 ) -> Result<Vec<TraceEvent>, StoreError> {
     if done.is_empty() {
         return Ok(Vec::new());
     }
-    let outbox: Vec<&OutboxEvent> = done.iter().flat_map(|(_, d)| &d.outbox).collect();
     let column = |f: &dyn Fn(&NewTraceEvent) -> Option<String>| {
         done.iter()
             .flat_map(|(_, d)| d.events.iter().map(f))
@@ -273,9 +302,10 @@ async fn succeed(
                      $10::text[], $11::text[]) AS e(t, i, c, st, a, m, d)
              JOIN ok ON ok.trace_id = e.t),
          out AS (
-             INSERT INTO outbox (event_id, trace_id, event_type, payload, created_at)
-             SELECT i, t, y, p, $1 FROM UNNEST($12::text[], $13::text[], $14::text[], $15::text[])
-                 AS o(i, t, y, p))
+             INSERT INTO outbox
+                 (event_id, trace_id, event_type, payload, created_at, claimed_by, claimed_until)
+             SELECT i, t, y, p, $1, $16, $17
+             FROM UNNEST($12::text[], $13::text[], $14::text[], $15::text[]) AS o(i, t, y, p))
          SELECT trace_id, base FROM ok",
     )
     .bind(now)
@@ -337,6 +367,8 @@ async fn succeed(
             .map(|e| e.payload.to_string())
             .collect::<Vec<_>>(),
     )
+    .bind(taker.0)
+    .bind(taker.1)
     .fetch_all(&mut *conn)
     .await?;
     let base: std::collections::HashMap<String, i64> = rows.into_iter().collect();

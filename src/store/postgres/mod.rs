@@ -25,6 +25,7 @@
 
 mod attempts;
 mod feed;
+mod relay;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -72,6 +73,8 @@ pub struct PgStore {
     node: Arc<str>,
     accepts: mpsc::Sender<AcceptJob>,
     attempts: mpsc::Sender<AttemptJob>,
+    /// Outbox rows this process's attempts committed, for its emitter without a statement.
+    relay: Arc<relay::Relay>,
     /// SQS mode: accepts and replays also write a dispatch row for the command queue.
     dispatch: bool,
     /// Stops the listener and the feed with the store.
@@ -117,7 +120,14 @@ impl PgStore {
         let (accepts, rx) = mpsc::channel(accept_queue.max(1));
         tokio::spawn(accept_loop(pool.clone(), sink.clone(), dispatch, rx));
         let (attempts, rx) = mpsc::channel(ATTEMPT_QUEUE);
-        tokio::spawn(attempts::commit_loop(pool.clone(), sink.clone(), rx));
+        let relay = Arc::new(relay::Relay::default());
+        let committer = attempts::Committer {
+            pool: pool.clone(),
+            sink: sink.clone(),
+            relay: relay.clone(),
+            node: node.clone(),
+        };
+        tokio::spawn(attempts::commit_loop(committer, rx));
         tokio::spawn(partition_upkeep(pool.clone(), stop.clone()));
         Ok(Self {
             pool,
@@ -125,6 +135,7 @@ impl PgStore {
             node,
             accepts,
             attempts,
+            relay,
             dispatch,
             _stop: stop.drop_guard(),
         })
@@ -1030,8 +1041,13 @@ impl Store for PgStore {
     /// Takes up to `limit` unsent rows for [`OUTBOX_CLAIM_MS`]: rows another process took
     /// are skipped until their claim expires; rows this process took are taken again (its
     /// emitter retrying after a failed publish).
+    /// Rows this process's attempts committed come first, without a statement ([`relay`]).
     async fn unsent_outbox(&self, limit: usize) -> Result<Vec<OutboxEvent>, StoreError> {
         let now = now_millis();
+        let handed = self.relay.take(limit, now);
+        if !handed.is_empty() {
+            return Ok(handed);
+        }
         let rows = sqlx::query(
             "WITH picked AS (
                  SELECT event_id FROM outbox
@@ -1067,7 +1083,9 @@ impl Store for PgStore {
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         out.sort_by_key(|(at, e)| (*at, e.event_id.to_string()));
-        Ok(out.into_iter().map(|(_, e)| e).collect())
+        let out: Vec<OutboxEvent> = out.into_iter().map(|(_, e)| e).collect();
+        self.relay.strike(&out);
+        Ok(out)
     }
 
     /// One statement: marks the rows sent and reports each one that was not sent before on
