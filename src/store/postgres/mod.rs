@@ -11,7 +11,8 @@
 //!   their picked-up events.
 //! * **Attempts** are group-committed too: the attempts of this process that finish together
 //!   share one transaction, one statement checking every lease and one writing every result;
-//!   see [`attempts`].
+//!   see [`attempts`]. Their outbox rows go to this process's emitter without a claiming
+//!   statement; see [`relay`].
 //! * **Per-trace order.** Appending events first updates the trace's `commands` row, whose
 //!   lock orders writers of the same trace, so sequence numbers are gap-free. Commits of
 //!   different tasks can still reach the sink out of order; the [`feed`] in front of the hub
