@@ -607,8 +607,6 @@ fn spawn_tether(
 /// The stdout line of `tether serve` once it listens (followed by its address).
 const READY_API: &str = "tether is ready on http://";
 
-/// Spawns the tether binary with `args` and the benchmark's API keys; stderr goes to a log
-/// file. The receiver yields what follows `ready` on the first stdout line that contains it.
 /// The tether binary the benchmark runs: this build's, or `TETHER_BENCH_TETHER_BIN` (another
 /// build of tether, to measure two versions side by side in alternating runs).
 fn tether_bin() -> std::ffi::OsString {
@@ -628,6 +626,8 @@ fn tether_bin_note() -> String {
     }
 }
 
+/// Spawns the tether binary with `args` and the benchmark's API keys; stderr goes to a log
+/// file. The receiver yields what follows `ready` on the first stdout line that contains it.
 fn spawn_tether_with(
     dir: &Path,
     name: &str,

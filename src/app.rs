@@ -278,6 +278,11 @@ impl Application {
         }
         self.tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.tasks.wait()).await;
+        // Outbox rows this process held but did not publish go to the other processes now,
+        // not when the hold runs out.
+        if let Err(e) = self.pipeline.release_outbox().await {
+            tracing::warn!(error = %e, "releasing the outbox rows this process held");
+        }
         tracing::info!("tether stopped");
         Ok(())
     }

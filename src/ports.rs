@@ -80,7 +80,13 @@ pub trait Tx: Send {
     /// with the other attempts' rows for the same table and columns, in one statement, before
     /// any later statement of the transaction runs; so the command's next `execute` or
     /// `fetch_optional` sees it, and if it is refused (a duplicate key, say) the store finds
-    /// out whose row it was and fails that attempt alone, as if this call had failed.
+    /// out whose row it was and fails that attempt alone, as if this call had failed (while
+    /// it finds out, another command's statement may be the one that sees the error).
+    ///
+    /// `table` and `columns` are plain names, quoted as given (no `schema.table`). Values go
+    /// in as integers, floats and text, so columns of those types (or that take them by
+    /// assignment) only: a `boolean`, `jsonb`, `uuid` or timestamp column needs `execute`,
+    /// where the SQL can cast.
     async fn insert(
         &mut self,
         table: &'static str,
@@ -281,6 +287,11 @@ pub trait Store: Send + Sync + 'static {
     async fn unsent_outbox(&self, limit: usize) -> Result<Vec<OutboxEvent>, StoreError>;
     /// Marks outbox rows sent and reports it on their traces.
     async fn mark_sent(&self, events: &[OutboxEvent]) -> Result<(), StoreError>;
+    /// Gives up this process's hold on unsent outbox rows, so that other processes relay
+    /// them at once (graceful shutdown). Stores of one process hold nothing.
+    async fn release_outbox(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
 
     // --- Auth and health ----------------------------------------------------------------
     /// The API key kept for embedded mode, created on first start.

@@ -734,6 +734,61 @@ async fn sigterm_stops_each_role_gracefully_and_a_released_attempt_does_not_coun
     );
 }
 
+/// A worker whose side-effect queue is unreachable holds the outbox rows it could not
+/// publish; when it stops gracefully it gives them up, so the next worker relays them at once
+/// instead of after the 10 s hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_worker_leaves_the_outbox_rows_it_could_not_publish_to_others() {
+    let db = common::TestDb::new(common::Backend::Postgres, "cluster").await;
+    let logs = scratch_dir("cluster-logs");
+    let mut api = Tether::start(
+        &["serve", "--role", "api", "--addr", "127.0.0.1:0"],
+        &db.url,
+        &logs,
+    )
+    .await;
+    let nowhere: Vec<(String, String)> = [
+        (
+            "TETHER_SQS_EVENT_QUEUE_URL",
+            "http://127.0.0.1:1/000000000000/nowhere",
+        ),
+        ("AWS_ENDPOINT_URL", "http://127.0.0.1:1"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .to_vec();
+    let mut worker = Tether::start_with(&["worker"], &db.url, &logs, FAST, &nowhere).await;
+    let replicas: Replicas = Arc::new(RwLock::new(vec![api.addr.expect("an API address")]));
+    let http = common::http();
+    submit(&http, &replicas, 0, common::order("c-held"), "held").await;
+    let held = "SELECT count(*) FROM outbox WHERE sent_at IS NULL AND claimed_by IS NOT NULL";
+    wait_count(&db.url, held, 1, "an outbox row held by the worker").await;
+
+    let (status, _) = worker.terminate().await;
+    assert!(status.success(), "worker exit: {status}");
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let (unsent, still_held): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(claimed_by) FROM outbox WHERE sent_at IS NULL")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!((unsent, still_held), (1, 0), "unsent and no longer held");
+
+    let started = Instant::now();
+    let _next = Tether::start(&["worker"], &db.url, &logs).await;
+    let sent = "SELECT count(*) FROM outbox WHERE sent_at IS NOT NULL";
+    wait_count(&db.url, sent, 1, "the row relayed by the next worker").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "relayed only after {:?}: the hold was not given up",
+        started.elapsed()
+    );
+    let (status, _) = api.terminate().await;
+    assert!(status.success(), "API exit: {status}");
+}
+
 /// "No busy polling when idle": with default timings, an idle worker and an idle API replica
 /// run a handful of transactions over several seconds (the sweeper's every 5 s), because
 /// LISTEN wakes them instead of polling.

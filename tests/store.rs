@@ -261,10 +261,12 @@ async fn attempts_sharing_a_commit_roll_back_alone(backend: Backend) {
     ));
 }
 
-/// Adds an order with `Tx::insert`, then, if told to, reads it back in the same transaction.
+/// Adds an order with `Tx::insert` (with no status if told: a NOT NULL column), then, if
+/// told to, reads it back in the same transaction.
 struct InsertOrder {
     trace_id: TraceId,
     order_id: String,
+    status: Option<&'static str>,
     read_back: bool,
 }
 
@@ -293,7 +295,7 @@ impl tether::ports::AttemptWork for InsertOrder {
                 "c".into(),
                 "[]".into(),
                 tether::ports::SqlArg::Int(1),
-                "CREATED".into(),
+                self.status.map_or(tether::ports::SqlArg::Null, Into::into),
                 tether::ports::SqlArg::Int(0),
                 tether::ports::SqlArg::Int(0),
             ],
@@ -328,14 +330,15 @@ async fn inserted_rows_are_seen_and_a_refused_one_fails_its_attempt_alone(backen
     let work = Arc::new(InsertOrder {
         trace_id: first.trace_id,
         order_id: "taken".into(),
+        status: Some("CREATED"),
         read_back: true,
     });
     assert!(matches!(
         store.commit_attempt(&first, work).await.unwrap(),
         tether::ports::AttemptOutcome::Committed
     ));
-    // 40 attempts at once, so they share commits: one reuses an existing order ID, two
-    // others insert the same new one; every other one reads its order back.
+    // 40 attempts at once, so they share commits: one reuses an existing order ID, one has
+    // no status, two others insert the same new one; every other one reads its order back.
     let claims = store.claim(40, 10_000).await.unwrap();
     assert_eq!(claims.len(), 40);
     let order_id = |i: usize| match i {
@@ -348,6 +351,7 @@ async fn inserted_rows_are_seen_and_a_refused_one_fails_its_attempt_alone(backen
         let work = Arc::new(InsertOrder {
             trace_id: claim.trace_id,
             order_id: order_id(i),
+            status: (i != 10).then_some("CREATED"),
             read_back: i % 2 == 0,
         });
         async move { store.commit_attempt(claim, work).await.unwrap() }
@@ -363,9 +367,12 @@ async fn inserted_rows_are_seen_and_a_refused_one_fails_its_attempt_alone(backen
             .await;
         let state = store.trace(claim.trace_id).await.unwrap().unwrap().state;
         let committed = matches!(outcome, tether::ports::AttemptOutcome::Committed);
+        let failed = matches!(outcome, tether::ports::AttemptOutcome::Failed(_));
         match i {
-            7 => assert_eq!((committed, orders, state.as_str()), (false, 0, "RUNNING")),
-            8 | 9 if !committed => assert_eq!((orders, state.as_str()), (0, "RUNNING")),
+            7 | 10 => assert_eq!((failed, orders, state.as_str()), (true, 0, "RUNNING")),
+            8 | 9 if !committed => {
+                assert_eq!((failed, orders, state.as_str()), (true, 0, "RUNNING"))
+            }
             _ => {
                 assert!(committed, "attempt {i}: {outcome:?}");
                 assert_eq!((orders, state.as_str()), (1, "SUCCEEDED"));
@@ -377,7 +384,22 @@ async fn inserted_rows_are_seen_and_a_refused_one_fails_its_attempt_alone(backen
         twins_committed, 1,
         "exactly one of two equal order IDs lands"
     );
-    assert_eq!(db.count("SELECT count(*) FROM orders").await, 39);
+    assert_eq!(db.count("SELECT count(*) FROM orders").await, 38);
+    // A failed attempt left nothing behind, its dedup mark included: run again under the
+    // same lease, it commits.
+    for i in [7, 10] {
+        let work = Arc::new(InsertOrder {
+            trace_id: claims[i].trace_id,
+            order_id: format!("again-{i}"),
+            status: Some("CREATED"),
+            read_back: true,
+        });
+        let outcome = store.commit_attempt(&claims[i], work).await.unwrap();
+        assert!(
+            matches!(outcome, tether::ports::AttemptOutcome::Committed),
+            "attempt {i} again: {outcome:?}"
+        );
+    }
 }
 
 async fn an_expired_lease_commits_nothing_and_a_renewed_one_is_not_taken_over(backend: Backend) {
@@ -571,6 +593,38 @@ async fn postgres_outbox_rows_go_to_their_own_process_first_and_to_others_after_
     assert_eq!(ids(&again), &ids(&first) | &ids(&rest));
     a.mark_sent(&again).await.unwrap();
     assert!(a.unsent_outbox(100).await.unwrap().is_empty());
+
+    // While its own rows keep coming, `a` still takes rows only the table has (here one no
+    // one holds) within a few calls, not after its own.
+    announced(&a, 8).await;
+    db.rows(
+        "INSERT INTO outbox (event_id, trace_id, event_type, payload, created_at)
+         SELECT gen_random_uuid()::text, trace_id, 'OrderFailed', '{}', 0 FROM commands LIMIT 1",
+        &[],
+    )
+    .await;
+    let mut batches = Vec::new();
+    for _ in 0..4 {
+        batches.push(a.unsent_outbox(1).await.unwrap());
+    }
+    let types: Vec<&str> = batches
+        .iter()
+        .flatten()
+        .map(|e| e.event_type.as_str())
+        .collect();
+    assert!(types.contains(&"OrderFailed"), "{types:?}");
+    let mut rest = a.unsent_outbox(100).await.unwrap();
+    rest.extend(batches.into_iter().flatten());
+    assert_eq!(rest.len(), 9, "each row once");
+    a.mark_sent(&rest).await.unwrap();
+
+    // A graceful shutdown leaves the rows `a` held to `b` at once.
+    announced(&a, 2).await;
+    assert!(b.unsent_outbox(100).await.unwrap().is_empty());
+    assert_eq!(a.release_outbox().await.unwrap(), 2);
+    let released = b.unsent_outbox(100).await.unwrap();
+    assert_eq!(released.len(), 2);
+    b.mark_sent(&released).await.unwrap();
 
     // `a` dies holding two new rows: `b` takes them once the claim has run out.
     announced(&a, 2).await;

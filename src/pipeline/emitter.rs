@@ -40,6 +40,18 @@ impl Pipeline {
         }
     }
 
+    /// Gives up this process's hold on unsent rows (on shutdown, after the emitter stopped).
+    pub async fn release_outbox(&self) -> anyhow::Result<()> {
+        let released = self.store.release_outbox().await?;
+        if released > 0 {
+            tracing::info!(
+                rows = released,
+                "left unsent outbox rows to the other processes"
+            );
+        }
+        Ok(())
+    }
+
     /// Publishes one batch of unsent rows; returns how many were sent.
     pub async fn emit_once(&self) -> anyhow::Result<usize> {
         let batch = self.store.unsent_outbox(BATCH).await?;

@@ -133,7 +133,8 @@ async fn run_group(c: &Committer, mut jobs: Vec<AttemptJob>) {
             Err(e) => {
                 tracing::warn!(error = %e, attempts = jobs.len(), "a group of attempts failed; running them one by one");
                 for job in jobs.drain(..) {
-                    // With a savepoint, so the attempt's own failure commits as a failure.
+                    // With a savepoint: its inserts are then written as they are made, so a
+                    // refused row fails this attempt, and `Refused` cannot come back.
                     let outcome = match group_in_tx(c, std::slice::from_ref(&job), true).await {
                         Ok(Group::Committed(mut outcomes, events)) => {
                             c.sink.committed(&events);
@@ -141,7 +142,7 @@ async fn run_group(c: &Committer, mut jobs: Vec<AttemptJob>) {
                         }
                         Ok(Group::Failed(_, error)) => Ok(AttemptOutcome::Failed(error)),
                         Ok(Group::Refused) => Err(StoreError::Failed(
-                            "rows were held with savepoints on".into(),
+                            "a group with savepoints held rows".into(),
                         )),
                         Err(e) => Err(e),
                     };
@@ -259,13 +260,8 @@ async fn group_in_tx(
     let events = succeed(&mut tx, now, done, &outbox, (&c.node, claimed_until)).await?;
     // Listed before the commit, so that no claiming statement can see a row not yet listed.
     let handed = c.relay.pending(outbox);
-    match tx.commit().await {
-        Ok(()) => c.relay.committed(handed, claimed_until),
-        Err(e) => {
-            c.relay.dropped(handed);
-            return Err(e.into());
-        }
-    }
+    tx.commit().await?;
+    c.relay.committed(handed, claimed_until);
     Ok(Group::Committed(outcomes, events))
 }
 
@@ -445,6 +441,16 @@ impl Cell {
         }
     }
 
+    /// The column's binding for rows whose values are `self` so far and `arg` next; `None`
+    /// when they disagree (an integer and a text, say), so one array cannot carry both.
+    fn with(self, arg: &SqlArg) -> Option<Cell> {
+        match (self, Cell::of(arg)) {
+            (a, Cell::Null) => Some(a),
+            (Cell::Null, b) => Some(b),
+            (a, b) => (a == b).then_some(a),
+        }
+    }
+
     fn array(self) -> Option<&'static str> {
         match self {
             Cell::Null => None,
@@ -455,24 +461,57 @@ impl Cell {
     }
 }
 
-/// Writes rows with one `INSERT … SELECT … FROM UNNEST(…)` per table, column list and
-/// column types, in the order each first appears. A column NULL in every row is written as
-/// a plain `NULL`, which takes the column's type.
-async fn write_rows(conn: &mut PgConnection, rows: &[HeldRow]) -> Result<(), StoreError> {
-    type Shape = (&'static str, &'static [&'static str], Vec<Cell>);
-    let mut shapes: Vec<(Shape, Vec<&HeldRow>)> = Vec::new();
-    for row in rows {
-        let shape = (
-            row.table,
-            row.columns,
-            row.values.iter().map(Cell::of).collect(),
-        );
-        match shapes.iter_mut().find(|(s, _)| *s == shape) {
-            Some((_, same)) => same.push(row),
-            None => shapes.push((shape, vec![row])),
+/// Rows of one statement: the same table and columns, each column one binding.
+struct Batch<'a> {
+    table: &'static str,
+    columns: &'static [&'static str],
+    cells: Vec<Cell>,
+    rows: Vec<&'a HeldRow>,
+}
+
+/// Sorts rows into statements, in the order each table and column list first appears, so
+/// rows of a table go in before rows of a table inserted after it. A row joins the first
+/// batch of its table and columns that can bind it (NULLs fit any binding); only a row whose
+/// values disagree in type with that batch's starts another.
+fn batches(rows: &[HeldRow]) -> Vec<Batch<'_>> {
+    let mut out: Vec<Batch<'_>> = Vec::new();
+    'rows: for row in rows {
+        for batch in out
+            .iter_mut()
+            .filter(|b| b.table == row.table && b.columns == row.columns)
+        {
+            let cells: Option<Vec<Cell>> = batch
+                .cells
+                .iter()
+                .zip(&row.values)
+                .map(|(c, v)| c.with(v))
+                .collect();
+            if let Some(cells) = cells {
+                batch.cells = cells;
+                batch.rows.push(row);
+                continue 'rows;
+            }
         }
+        out.push(Batch {
+            table: row.table,
+            columns: row.columns,
+            cells: row.values.iter().map(Cell::of).collect(),
+            rows: vec![row],
+        });
     }
-    for ((table, columns, cells), rows) in shapes {
+    out
+}
+
+/// Writes rows with one `INSERT … SELECT … FROM UNNEST(…)` per [`Batch`]. A column NULL in
+/// every row of its batch is written as a plain `NULL`, which takes the column's type.
+async fn write_rows(conn: &mut PgConnection, rows: &[HeldRow]) -> Result<(), StoreError> {
+    for Batch {
+        table,
+        columns,
+        cells,
+        rows,
+    } in batches(rows)
+    {
         let head = super::super::insert_head(table, columns, cells.len())?;
         let mut arrays = Vec::new();
         let mut select = Vec::with_capacity(cells.len());
@@ -498,27 +537,36 @@ async fn write_rows(conn: &mut PgConnection, rows: &[HeldRow]) -> Result<(), Sto
         }
         for (column, cell) in cells.iter().enumerate() {
             let values = rows.iter().map(|r| &r.values[column]);
-            // Every row of a shape has this column's variant, so the `else` arms never run.
+            // A batch's column holds its binding's variant or NULL, nothing else.
             query = match cell {
                 Cell::Null => continue,
                 Cell::Int => query.bind(
                     values
-                        .map(|v| if let SqlArg::Int(i) = v { *i } else { 0 })
+                        .map(|v| {
+                            if let SqlArg::Int(i) = v {
+                                Some(*i)
+                            } else {
+                                None
+                            }
+                        })
                         .collect::<Vec<_>>(),
                 ),
                 Cell::Real => query.bind(
                     values
-                        .map(|v| if let SqlArg::Real(f) = v { *f } else { 0.0 })
+                        .map(|v| {
+                            if let SqlArg::Real(f) = v {
+                                Some(*f)
+                            } else {
+                                None
+                            }
+                        })
                         .collect::<Vec<_>>(),
                 ),
                 Cell::Text => query.bind(
                     values
-                        .map(|v| {
-                            if let SqlArg::Text(s) = v {
-                                s.as_str()
-                            } else {
-                                ""
-                            }
+                        .map(|v| match v {
+                            SqlArg::Text(s) => Some(s.as_str()),
+                            _ => None,
                         })
                         .collect::<Vec<_>>(),
                 ),
@@ -617,5 +665,40 @@ impl Tx for PgTx<'_> {
             });
         }
         Ok(Some(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(table: &'static str, values: Vec<SqlArg>) -> HeldRow {
+        const COLUMNS: &[&str] = &["a", "b"];
+        HeldRow {
+            table,
+            columns: COLUMNS,
+            values,
+        }
+    }
+
+    #[test]
+    fn nulls_share_a_statement_and_only_a_type_clash_starts_another() {
+        let rows = [
+            row("parent", vec![SqlArg::Int(1), SqlArg::Null]),
+            row("child", vec![SqlArg::Int(1), SqlArg::from("x")]),
+            row("parent", vec![SqlArg::Null, SqlArg::from("y")]),
+            row("parent", vec![SqlArg::from("z"), SqlArg::Null]),
+            row("child", vec![SqlArg::Null, SqlArg::Null]),
+        ];
+        let got: Vec<(&str, Vec<Cell>, usize)> = batches(&rows)
+            .into_iter()
+            .map(|b| (b.table, b.cells, b.rows.len()))
+            .collect();
+        let want = vec![
+            ("parent", vec![Cell::Int, Cell::Text], 2),
+            ("child", vec![Cell::Int, Cell::Text], 2),
+            ("parent", vec![Cell::Text, Cell::Null], 1),
+        ];
+        assert!(got == want, "batches differ");
     }
 }

@@ -61,6 +61,9 @@ const MAX_ACCEPT_BATCH: usize = 512;
 const ATTEMPT_QUEUE: usize = 4096;
 /// How long an emitter holds the outbox rows it took before others may take them.
 const OUTBOX_CLAIM_MS: i64 = 10_000;
+/// While rows of this process's attempts wait for its emitter ([`relay`]), every this many
+/// calls the emitter still asks the table, for the rows only the table has.
+const OUTBOX_STATEMENT_EVERY: u64 = 4;
 /// The same for dispatch rows. Shorter: a process that died holding rows delays those
 /// commands by this much, and a row sent twice only makes a duplicate message (harmless).
 const DISPATCH_CLAIM_MS: i64 = 3_000;
@@ -76,6 +79,8 @@ pub struct PgStore {
     attempts: mpsc::Sender<AttemptJob>,
     /// Outbox rows this process's attempts committed, for its emitter without a statement.
     relay: Arc<relay::Relay>,
+    /// Calls of `unsent_outbox`, to ask the table on every [`OUTBOX_STATEMENT_EVERY`]th.
+    outbox_calls: std::sync::atomic::AtomicU64,
     /// SQS mode: accepts and replays also write a dispatch row for the command queue.
     dispatch: bool,
     /// Stops the listener and the feed with the store.
@@ -137,6 +142,7 @@ impl PgStore {
             accepts,
             attempts,
             relay,
+            outbox_calls: Default::default(),
             dispatch,
             _stop: stop.drop_guard(),
         })
@@ -1039,21 +1045,28 @@ impl Store for PgStore {
         Ok(ids.len() as u64)
     }
 
-    /// Takes up to `limit` unsent rows for [`OUTBOX_CLAIM_MS`]: rows another process took
-    /// are skipped until their claim expires; rows this process took are taken again (its
-    /// emitter retrying after a failed publish).
     /// Rows this process's attempts committed come first, without a statement ([`relay`]).
+    /// Otherwise, and on every [`OUTBOX_STATEMENT_EVERY`]th call, takes up to `limit` unsent
+    /// rows for [`OUTBOX_CLAIM_MS`]: rows another process took are skipped until their claim
+    /// expires; rows this process took are taken again (its emitter retrying after a failed
+    /// publish), except on those calls, where they may be rows waiting in the relay.
     async fn unsent_outbox(&self, limit: usize) -> Result<Vec<OutboxEvent>, StoreError> {
         let now = now_millis();
-        let handed = self.relay.take(limit, now);
-        if !handed.is_empty() {
-            return Ok(handed);
+        let call = self
+            .outbox_calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let relay_has_rows = self.relay.has_ready();
+        if relay_has_rows && !call.is_multiple_of(OUTBOX_STATEMENT_EVERY) {
+            let handed = self.relay.take(limit, now);
+            if !handed.is_empty() {
+                return Ok(handed);
+            }
         }
         let rows = sqlx::query(
             "WITH picked AS (
                  SELECT event_id FROM outbox
-                 WHERE sent_at IS NULL
-                     AND (claimed_until IS NULL OR claimed_until < $2 OR claimed_by = $3)
+                 WHERE sent_at IS NULL AND (claimed_until IS NULL OR claimed_until < $2
+                     OR (claimed_by = $3 AND NOT $5))
                  ORDER BY created_at, event_id LIMIT $1
                  FOR UPDATE SKIP LOCKED)
              UPDATE outbox o SET claimed_by = $3, claimed_until = $2 + $4
@@ -1064,6 +1077,7 @@ impl Store for PgStore {
         .bind(now)
         .bind(&*self.node)
         .bind(OUTBOX_CLAIM_MS)
+        .bind(relay_has_rows)
         .fetch_all(&self.pool)
         .await?;
         let mut out = rows
@@ -1084,9 +1098,23 @@ impl Store for PgStore {
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         out.sort_by_key(|(at, e)| (*at, e.event_id.to_string()));
-        let out: Vec<OutboxEvent> = out.into_iter().map(|(_, e)| e).collect();
+        let mut out: Vec<OutboxEvent> = out.into_iter().map(|(_, e)| e).collect();
         self.relay.strike(&out);
+        if relay_has_rows {
+            out.extend(self.relay.take(limit - out.len(), now));
+        }
         Ok(out)
+    }
+
+    async fn release_outbox(&self) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL
+             WHERE sent_at IS NULL AND claimed_by = $1",
+        )
+        .bind(&*self.node)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
     }
 
     /// One statement: marks the rows sent and reports each one that was not sent before on

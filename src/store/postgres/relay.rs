@@ -6,7 +6,15 @@
 //! this process wrote cost no claiming statement. The table stays the truth: a row that is
 //! not handed over (the process died, the list was full, the claim is running out, the
 //! commit's answer was lost) is still unsent and claimed by this process, and the claiming
-//! statement takes it as before (at once here, after the claim elsewhere).
+//! statement takes it as before (here at its next run, elsewhere after the claim or once this
+//! process released its claims on a graceful shutdown). That statement still runs on every
+//! [`OUTBOX_STATEMENT_EVERY`](super::OUTBOX_STATEMENT_EVERY)th call while this list has rows, so
+//! rows only it can reach (other processes' expired claims, dead-letter events, rows whose
+//! publishing failed) are not held back behind a steady stream of new ones.
+//!
+//! A row is handed over with at least [`MIN_CLAIM_LEFT_MS`] of its claim left (the statement
+//! gives its rows the whole claim); a publisher slower than that may overlap another
+//! process's claim and the row is published twice, with the same event ID (G4 allows it).
 //!
 //! No row is handed over twice, so the one emitter of a process never publishes a row it
 //! already holds: a group lists its rows *before* it commits (as pending) and confirms them
@@ -38,25 +46,40 @@ struct Inner {
     ready: VecDeque<(Millis, OutboxEvent)>,
 }
 
-/// A group's rows while it commits; see [`Relay::pending`].
-pub(super) struct Pending(u64);
+/// A group's rows while it commits; see [`Relay::pending`]. Dropped without
+/// [`Relay::committed`] (the commit failed, or may have), they are not handed over.
+pub(super) struct Pending<'r> {
+    relay: &'r Relay,
+    group: u64,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.relay
+            .inner
+            .lock()
+            .expect("relay lock")
+            .pending
+            .remove(&self.group);
+    }
+}
 
 impl Relay {
     /// Lists a group's rows before its commit.
-    pub(super) fn pending(&self, rows: Vec<OutboxEvent>) -> Pending {
+    pub(super) fn pending(&self, rows: Vec<OutboxEvent>) -> Pending<'_> {
         let mut inner = self.inner.lock().expect("relay lock");
-        let id = inner.next_group;
+        let group = inner.next_group;
         inner.next_group += 1;
         if !rows.is_empty() {
-            inner.pending.insert(id, rows);
+            inner.pending.insert(group, rows);
         }
-        Pending(id)
+        Pending { relay: self, group }
     }
 
     /// The group committed: its rows (those no statement took meanwhile) are ready.
-    pub(super) fn committed(&self, group: Pending, claimed_until: Millis) {
+    pub(super) fn committed(&self, group: Pending<'_>, claimed_until: Millis) {
         let mut inner = self.inner.lock().expect("relay lock");
-        let Some(rows) = inner.pending.remove(&group.0) else {
+        let Some(rows) = inner.pending.remove(&group.group) else {
             return;
         };
         let room = MAX_WAITING.saturating_sub(inner.ready.len());
@@ -65,13 +88,9 @@ impl Relay {
             .extend(rows.into_iter().take(room).map(|r| (claimed_until, r)));
     }
 
-    /// The group did not commit, or may not have: its rows are not handed over.
-    pub(super) fn dropped(&self, group: Pending) {
-        self.inner
-            .lock()
-            .expect("relay lock")
-            .pending
-            .remove(&group.0);
+    /// Whether rows are ready to be handed over.
+    pub(super) fn has_ready(&self) -> bool {
+        !self.inner.lock().expect("relay lock").ready.is_empty()
     }
 
     /// Up to `limit` ready rows whose claim lasts long enough; rows whose claim is running
@@ -143,15 +162,13 @@ mod tests {
         let group = relay.pending(vec![a.clone(), b.clone()]);
         relay.strike(std::slice::from_ref(&a));
         relay.committed(group, 10_000);
-        let lost = relay.pending(vec![c]);
-        relay.dropped(lost);
-        let ready = relay.pending(vec![row()]);
+        drop(relay.pending(vec![c]));
+        let (d, e) = (row(), row());
+        let ready = relay.pending(vec![d.clone(), e.clone()]);
         relay.committed(ready, 10_000);
-        let next = relay.take(10, 0);
-        assert_eq!(next.len(), 2);
-        assert_eq!(next[0].event_id, b.event_id);
-        relay.strike(&next);
-        assert!(relay.take(10, 0).is_empty());
+        relay.strike(std::slice::from_ref(&d));
+        assert_eq!(ids(&relay.take(10, 0)), ids(&[b, e]));
+        assert!(relay.inner.lock().unwrap().pending.is_empty());
     }
 
     #[test]
