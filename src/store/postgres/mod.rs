@@ -1049,13 +1049,13 @@ impl Store for PgStore {
     /// Otherwise, and on every [`OUTBOX_STATEMENT_EVERY`]th call, takes up to `limit` unsent
     /// rows for [`OUTBOX_CLAIM_MS`]: rows another process took are skipped until their claim
     /// expires; rows this process took are taken again (its emitter retrying after a failed
-    /// publish), except on those calls, where they may be rows waiting in the relay.
+    /// publish), unless rows are listed in the relay (they may be those).
     async fn unsent_outbox(&self, limit: usize) -> Result<Vec<OutboxEvent>, StoreError> {
         let now = now_millis();
         let call = self
             .outbox_calls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let relay_has_rows = self.relay.has_ready();
+        let (relay_has_rows, relay_busy) = self.relay.listed();
         if relay_has_rows && !call.is_multiple_of(OUTBOX_STATEMENT_EVERY) {
             let handed = self.relay.take(limit, now);
             if !handed.is_empty() {
@@ -1077,7 +1077,7 @@ impl Store for PgStore {
         .bind(now)
         .bind(&*self.node)
         .bind(OUTBOX_CLAIM_MS)
-        .bind(relay_has_rows)
+        .bind(relay_busy)
         .fetch_all(&self.pool)
         .await?;
         let mut out = rows

@@ -10,7 +10,10 @@
 //! process released its claims on a graceful shutdown). That statement still runs on every
 //! [`OUTBOX_STATEMENT_EVERY`](super::OUTBOX_STATEMENT_EVERY)th call while this list has rows, so
 //! rows only it can reach (other processes' expired claims, dead-letter events, rows whose
-//! publishing failed) are not held back behind a steady stream of new ones.
+//! publishing failed) are not held back behind a steady stream of new ones. While any rows
+//! are listed here, that statement leaves this process's own unexpired claims alone (they
+//! may be rows listed here; taking them would cost the update this list saves), so a row
+//! whose publishing failed is taken again once the load pauses or its claim runs out.
 //!
 //! A row is handed over with at least [`MIN_CLAIM_LEFT_MS`] of its claim left (the statement
 //! gives its rows the whole claim); a publisher slower than that may overlap another
@@ -88,9 +91,12 @@ impl Relay {
             .extend(rows.into_iter().take(room).map(|r| (claimed_until, r)));
     }
 
-    /// Whether rows are ready to be handed over.
-    pub(super) fn has_ready(&self) -> bool {
-        !self.inner.lock().expect("relay lock").ready.is_empty()
+    /// Whether rows are ready to be handed over, and whether any are listed (ready, or of a
+    /// group still committing).
+    pub(super) fn listed(&self) -> (bool, bool) {
+        let inner = self.inner.lock().expect("relay lock");
+        let ready = !inner.ready.is_empty();
+        (ready, ready || !inner.pending.is_empty())
     }
 
     /// Up to `limit` ready rows whose claim lasts long enough; rows whose claim is running
