@@ -235,7 +235,7 @@ pub struct Config {
     pub fault_injection: bool,
 
     /// Attempts in flight at once (on PostgreSQL, those finishing together share a commit).
-    #[arg(long, env = "TETHER_WORKERS", default_value_t = 64)]
+    #[arg(long, env = "TETHER_WORKERS", default_value_t = 256)]
     pub workers: usize,
     /// Lease of a running attempt.
     #[arg(long, env = "TETHER_LEASE_MS", default_value_t = 30_000)]

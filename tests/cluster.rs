@@ -486,7 +486,7 @@ async fn with_sqs_replicas_and_workers_killed_with_sigkill_lose_nothing() {
 }
 
 /// Attempts each worker may hold in the SIGKILL test: once more than this many run, both
-/// workers hold some, so the one killed is sure to die mid-attempt (with the default 64, one
+/// workers hold some, so the one killed is sure to die mid-attempt (with the default 256, one
 /// worker could claim the whole first load).
 const SLOTS: i64 = 6;
 

@@ -46,7 +46,7 @@ const TRACE_WITH_EVENTS: &str = "query($t: ID!) { trace(traceId: $t) { state att
 /// graphile-worker's jobs in flight per process.
 const CONCURRENCY_PER_PROCESS: usize = 16;
 /// tether's attempts in flight per worker process (its `--workers` default).
-const TETHER_IN_FLIGHT: usize = 64;
+const TETHER_IN_FLIGHT: usize = 256;
 
 const READY_WORKER: &str = "tether worker ready";
 
