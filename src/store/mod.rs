@@ -111,14 +111,20 @@ fn parse_json(s: &str) -> Result<Value, StoreError> {
     serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("bad JSON column: {e}")))
 }
 
-/// `INSERT INTO "table" ("a", "b", …)` for `Tx::insert`, once the values match the columns.
-fn insert_head(table: &str, columns: &[&str], values: usize) -> Result<String, StoreError> {
+/// A `Tx::insert` row has one value per column, and some columns.
+fn check_insert(table: &str, columns: &[&str], values: usize) -> Result<(), StoreError> {
     if columns.is_empty() || columns.len() != values {
         return Err(StoreError::Failed(format!(
             "insert into {table}: {} columns, {values} values",
             columns.len()
         )));
     }
+    Ok(())
+}
+
+/// `INSERT INTO "table" ("a", "b", …)` for `Tx::insert`, once the values match the columns.
+fn insert_head(table: &str, columns: &[&str], values: usize) -> Result<String, StoreError> {
+    check_insert(table, columns, values)?;
     let quoted = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
     let columns: Vec<String> = columns.iter().map(|c| quoted(c)).collect();
     Ok(format!(

@@ -610,7 +610,8 @@ impl Tx for PgTx<'_> {
         columns: &'static [&'static str],
         values: Vec<SqlArg>,
     ) -> Result<(), StoreError> {
-        super::super::insert_head(table, columns, values.len())?;
+        // Checked now, so that a malformed row fails the command that made it.
+        super::super::check_insert(table, columns, values.len())?;
         let row = HeldRow {
             table,
             columns,
