@@ -160,8 +160,10 @@ async fn group_in_tx(
 ) -> Result<Group, StoreError> {
     let now = now_millis();
     let mut tx = c.pool.begin().await?;
-    // Keyed by lease token too: a zombie and its successor may meet in one group.
-    let runnable: HashSet<(String, i64)> = sqlx::query_as(
+    // Keyed by lease token too: a zombie and its successor may meet in one group. The leases
+    // held (`ours`, at most one per trace) and the marks written come back as two lists, with
+    // no join of the two: the planner would guess one row for each and loop over both.
+    let rows: Vec<(bool, String, Option<i64>)> = sqlx::query_as(
         "WITH ours AS (
              SELECT c.trace_id, c.fence, u.s FROM commands c
              JOIN UNNEST($2::text[], $3::bigint[], $4::int[]) AS u(t, f, s) ON c.trace_id = u.t
@@ -173,7 +175,8 @@ async fn group_in_tx(
              SELECT trace_id, s, $1 FROM ours
              ON CONFLICT DO NOTHING
              RETURNING trace_id)
-         SELECT ours.trace_id, ours.fence FROM ours JOIN marked USING (trace_id)",
+         SELECT true, trace_id, fence FROM ours
+         UNION ALL SELECT false, trace_id, NULL FROM marked",
     )
     .bind(now)
     .bind(
@@ -184,9 +187,19 @@ async fn group_in_tx(
     .bind(jobs.iter().map(|j| j.claim.lease_token).collect::<Vec<_>>())
     .bind(jobs.iter().map(|j| j.claim.series).collect::<Vec<_>>())
     .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .collect();
+    .await?;
+    let marked: HashSet<&str> = rows
+        .iter()
+        .filter(|(held, ..)| !held)
+        .map(|(_, t, _)| t.as_str())
+        .collect();
+    let runnable: HashSet<(String, i64)> = rows
+        .iter()
+        .filter_map(|(held, t, fence)| match (held, fence) {
+            (true, Some(f)) if marked.contains(t.as_str()) => Some((t.clone(), *f)),
+            _ => None,
+        })
+        .collect();
 
     let mut outcomes = Vec::with_capacity(jobs.len());
     let mut done = Vec::new();

@@ -1119,34 +1119,40 @@ impl Store for PgStore {
 
     /// One statement: marks the rows sent and reports each one that was not sent before on
     /// its trace, numbered after the trace's last event in the order the rows were published.
+    ///
+    /// No step joins two intermediate results: the planner guesses one row for each, and a
+    /// nested loop over both costs the square of the batch. The update of `outbox` returns the
+    /// reports it matched, each trace's bump returns its reports as arrays, and the insert
+    /// unnests them.
     async fn mark_sent(&self, sent: &[OutboxEvent]) -> Result<(), StoreError> {
         let now = now_millis();
         let reports: Vec<NewTraceEvent> = sent
             .iter()
             .map(|e| published(e.event_id, &e.event_type))
             .collect();
-        let rows: Vec<(String, i64, String)> = sqlx::query_as(
+        let rows: Vec<(String, i64, String, Vec<String>)> = sqlx::query_as(
             "WITH sent AS (
-                 UPDATE outbox o SET sent_at = $1 FROM UNNEST($2::text[]) AS u(id)
-                 WHERE o.event_id = u.id AND o.sent_at IS NULL
-                 RETURNING o.event_id),
-             report AS (
-                 SELECT r.id, r.t, r.c, r.st, r.m, r.d,
-                     row_number() OVER (PARTITION BY r.t ORDER BY r.k) AS i
+                 UPDATE outbox o SET sent_at = $1
                  FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                          $7::text[]) WITH ORDINALITY AS r(id, t, c, st, m, d, k)
-                 JOIN sent ON sent.event_id = r.id),
-             per_trace AS (SELECT t, count(*) AS n FROM report GROUP BY t ORDER BY t),
+                 WHERE o.event_id = r.id AND o.sent_at IS NULL
+                 RETURNING r.id, r.t, r.c, r.st, r.m, r.d, r.k),
+             per_trace AS (
+                 SELECT t, count(*) AS n, array_agg(id ORDER BY k) AS ids,
+                     array_agg(c ORDER BY k) AS cs, array_agg(st ORDER BY k) AS sts,
+                     array_agg(m ORDER BY k) AS ms, array_agg(d ORDER BY k) AS ds
+                 FROM sent GROUP BY t ORDER BY t),
              bump AS (
                  UPDATE commands c SET last_seq = c.last_seq + p.n, updated_at = $1
                  FROM per_trace p WHERE c.trace_id = p.t
-                 RETURNING c.trace_id, c.last_seq - p.n AS base, c.state),
+                 RETURNING c.trace_id, c.last_seq - p.n AS base, c.state, p.ids, p.cs, p.sts,
+                     p.ms, p.ds),
              ins AS (
                  INSERT INTO trace_events
                      (trace_id, seq, component, status, message, detail, state, at)
-                 SELECT r.t, b.base + r.i, r.c, r.st, r.m, r.d, b.state, $1
-                 FROM report r JOIN bump b ON b.trace_id = r.t)
-             SELECT r.id, b.base + r.i, b.state FROM report r JOIN bump b ON b.trace_id = r.t",
+                 SELECT b.trace_id, b.base + e.i, e.c, e.st, e.m, e.d, b.state, $1
+                 FROM bump b, UNNEST(b.cs, b.sts, b.ms, b.ds) WITH ORDINALITY AS e(c, st, m, d, i))
+             SELECT trace_id, base, state, ids FROM bump",
         )
         .bind(now)
         .bind(
@@ -1185,16 +1191,20 @@ impl Store for PgStore {
         )
         .fetch_all(&self.pool)
         .await?;
-        let written: HashMap<String, (i64, String)> = rows
-            .into_iter()
-            .map(|(id, seq, state)| (id, (seq, state)))
-            .collect();
+        // event ID → (sequence number, the trace's state)
+        let mut written: HashMap<String, (i64, TraceState)> = HashMap::new();
+        for (_, base, state, ids) in rows {
+            let state = parse_state(&state)?;
+            for (i, id) in ids.into_iter().enumerate() {
+                written.insert(id, (base + 1 + i as i64, state));
+            }
+        }
         let mut events = Vec::with_capacity(written.len());
         for (event, report) in sent.iter().zip(reports) {
-            let Some((seq, state)) = written.get(&event.event_id.to_string()) else {
+            let Some(&(seq, state)) = written.get(&event.event_id.to_string()) else {
                 continue; // sent before
             };
-            events.push(report.numbered(event.trace_id, *seq, now, parse_state(state)?));
+            events.push(report.numbered(event.trace_id, seq, now, state));
         }
         self.sink.committed(&events);
         Ok(())
