@@ -35,7 +35,9 @@ impl Publisher for EventBus {
                 "event published"
             );
             // No receiver is fine: the bus is fire-and-forget, the outbox is the durable part.
-            let _ = self.tx.send(event.clone());
+            if self.tx.receiver_count() > 0 {
+                let _ = self.tx.send(event.clone());
+            }
         }
         Ok(())
     }

@@ -226,6 +226,13 @@ impl TraceSink for Hub {
             .filter_map(|(_, id)| TraceId::parse(id.as_deref()?))
             .collect()
     }
+
+    fn watching_any(&self) -> bool {
+        let Some(fields) = self.routes.get(TRACE_EVENT_MUTATION) else {
+            return false;
+        };
+        self.lock().keys().any(|(field, _)| fields.contains(field))
+    }
 }
 
 /// The subscriber's end: a stream of payloads that ends with `Err(TooSlow)` if the hub had

@@ -362,6 +362,12 @@ pub trait TraceSink: Send + Sync + 'static {
     fn watched(&self) -> Vec<TraceId> {
         Vec::new()
     }
+
+    /// Whether anyone here listens to trace events at all. A process where no one does (a
+    /// worker) need not hand its own commits to the sink.
+    fn watching_any(&self) -> bool {
+        true
+    }
 }
 
 #[derive(Debug, Error)]

@@ -28,6 +28,7 @@ contract!(
     inserted_rows_are_seen_and_a_refused_one_fails_its_attempt_alone,
     an_expired_lease_commits_nothing_and_a_renewed_one_is_not_taken_over,
     concurrent_claimers_never_share_a_command,
+    published_rows_are_reported_on_their_trace_in_publishing_order,
 );
 
 fn command(owner: &str, key: Option<&str>) -> NewCommand {
@@ -497,6 +498,111 @@ async fn concurrent_claimers_never_share_a_command(backend: Backend) {
     let distinct: std::collections::HashSet<_> = all.iter().collect();
     assert_eq!(all.len(), 200, "every command claimed");
     assert_eq!(distinct.len(), 200, "no command claimed twice");
+}
+
+/// Succeeds with `n` outbox rows, of types `E0`, `E1`, …
+struct AnnounceMany {
+    trace_id: TraceId,
+    n: usize,
+}
+
+#[async_trait::async_trait]
+impl tether::ports::AttemptWork for AnnounceMany {
+    async fn run(
+        &self,
+        _tx: &mut dyn tether::ports::Tx,
+    ) -> Result<tether::ports::AttemptDone, tether::domain::CommandError> {
+        Ok(tether::ports::AttemptDone {
+            result: json!({}),
+            outbox: (0..self.n)
+                .map(|i| tether::domain::OutboxEvent {
+                    event_id: uuid::Uuid::new_v4(),
+                    trace_id: self.trace_id,
+                    event_type: format!("E{i}"),
+                    payload: json!({}),
+                })
+                .collect(),
+            events: Vec::new(),
+        })
+    }
+}
+
+/// Each published row gets one EventEmitter event on its trace, numbered after the trace's
+/// last event in the order the rows were published (whatever order they were written in and
+/// however the traces interleave in a batch); a row reported sent again gets none.
+async fn published_rows_are_reported_on_their_trace_in_publishing_order(backend: Backend) {
+    let (store, _db) = store(backend).await;
+    for _ in 0..2 {
+        store.accept(command("alice", None)).await.unwrap();
+    }
+    let claims = store.claim(2, 10_000).await.unwrap();
+    assert_eq!(claims.len(), 2);
+    for claim in &claims {
+        let work = Arc::new(AnnounceMany {
+            trace_id: claim.trace_id,
+            n: 3,
+        });
+        assert!(matches!(
+            store.commit_attempt(claim, work).await.unwrap(),
+            tether::ports::AttemptOutcome::Committed
+        ));
+    }
+    let (a, b) = (claims[0].trace_id, claims[1].trace_id);
+    let rows = store.unsent_outbox(100).await.unwrap();
+    assert_eq!(rows.len(), 6);
+    let row = |trace: TraceId, ty: &str| {
+        rows.iter()
+            .find(|r| r.trace_id == trace && r.event_type == ty)
+            .unwrap()
+            .clone()
+    };
+    let before = |trace| {
+        let store = store.clone();
+        async move { store.trace_events(trace, 0, 100).await.unwrap().len() as i64 }
+    };
+    let (a_last, b_last) = (before(a).await, before(b).await);
+    store
+        .mark_sent(&[
+            row(a, "E2"),
+            row(b, "E0"),
+            row(a, "E0"),
+            row(b, "E1"),
+            row(a, "E1"),
+        ])
+        .await
+        .unwrap();
+    store
+        .mark_sent(&[row(b, "E2"), row(a, "E0")])
+        .await
+        .unwrap();
+    for (trace, last, order) in [
+        (a, a_last, ["E2", "E0", "E1"]),
+        (b, b_last, ["E0", "E1", "E2"]),
+    ] {
+        let events = store.trace_events(trace, 0, 100).await.unwrap();
+        let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+        assert_eq!(
+            seqs,
+            (1..=last + 3).collect::<Vec<_>>(),
+            "{trace}: one event per row"
+        );
+        let reported: Vec<(Component, String, &str)> = events[last as usize..]
+            .iter()
+            .map(|e| (e.component, e.message.clone().unwrap(), e.state.as_str()))
+            .collect();
+        let expected: Vec<(Component, String, &str)> = order
+            .iter()
+            .map(|ty| {
+                let id = row(trace, ty).event_id;
+                (
+                    Component::EventEmitter,
+                    format!("published {ty} {id}"),
+                    "SUCCEEDED",
+                )
+            })
+            .collect();
+        assert_eq!(reported, expected, "{trace}");
+    }
 }
 
 /// PostgreSQL only (the mechanism differs): emitters in different processes take disjoint

@@ -37,7 +37,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use super::feed::Feed;
 use super::relay::Relay;
 use crate::domain::{
-    Claim, CommandError, NewTraceEvent, OutboxEvent, TraceEvent, TraceState, now_millis,
+    Claim, CommandError, NewTraceEvent, OutboxEvent, TraceEvent, TraceId, TraceState, now_millis,
 };
 use crate::ports::{AttemptDone, AttemptOutcome, AttemptWork, SqlArg, StoreError, Tx};
 
@@ -46,8 +46,25 @@ const MAX_GROUP: usize = 64;
 /// Groups being written at once.
 const GROUPS_IN_FLIGHT: usize = 2;
 
+/// What a group needs of an attempt's claim (not its payload, which the work holds).
+pub(super) struct Lease {
+    pub trace_id: TraceId,
+    pub lease_token: i64,
+    pub series: i32,
+}
+
+impl From<&Claim> for Lease {
+    fn from(claim: &Claim) -> Self {
+        Self {
+            trace_id: claim.trace_id,
+            lease_token: claim.lease_token,
+            series: claim.series,
+        }
+    }
+}
+
 pub(super) struct AttemptJob {
-    pub claim: Claim,
+    pub claim: Lease,
     pub work: Arc<dyn AttemptWork>,
     pub reply: oneshot::Sender<Result<AttemptOutcome, StoreError>>,
 }
@@ -284,7 +301,7 @@ async fn group_in_tx(
 async fn succeed(
     conn: &mut PgConnection,
     now: i64,
-    done: Vec<(&Claim, AttemptDone)>,
+    done: Vec<(&Lease, AttemptDone)>,
     outbox: &[OutboxEvent],
     taker: (&str, i64),
 ) -> Result<Vec<TraceEvent>, StoreError> {

@@ -110,6 +110,7 @@ struct Announcement {
 
 /// The path from committed events to the hub, and to other processes; see the module doc.
 pub struct Feed {
+    hub: Arc<dyn TraceSink>,
     tx: mpsc::UnboundedSender<Msg>,
     announce: mpsc::UnboundedSender<Announcement>,
     live: Arc<Live>,
@@ -132,10 +133,11 @@ impl Feed {
         let retry = tx.clone();
         let sequencer = {
             let stop = stop.clone();
+            let sink = hub.clone();
             async move {
                 tokio::select! {
                     _ = stop.cancelled() => {}
-                    _ = sequence(hub, pool, rx, retry) => {}
+                    _ = sequence(sink, pool, rx, retry) => {}
                 }
             }
         };
@@ -148,6 +150,7 @@ impl Feed {
         ));
         tokio::spawn(listen(options, node, tx.clone(), wake, live.clone(), stop));
         Self {
+            hub,
             tx,
             announce: announce_tx,
             live,
@@ -165,8 +168,10 @@ impl Feed {
     }
 
     /// After a commit that also made work runnable: wakes the workers of every process too.
+    /// Events go to the sequencer only while someone here subscribes to trace events; one who
+    /// subscribes meanwhile is caught up from the table by the sequencer's check.
     pub(super) fn committed_work(&self, events: &[TraceEvent], work: bool) {
-        if !events.is_empty() {
+        if !events.is_empty() && self.hub.watching_any() {
             let _ = self.tx.send(Msg::Local(events.to_vec()));
         }
         if work || !events.is_empty() {

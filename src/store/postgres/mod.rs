@@ -684,7 +684,7 @@ impl Store for PgStore {
         let (reply, answer) = oneshot::channel();
         self.attempts
             .send(AttemptJob {
-                claim: claim.clone(),
+                claim: claim.into(),
                 work,
                 reply,
             })
@@ -1122,15 +1122,16 @@ impl Store for PgStore {
     ///
     /// No step joins two intermediate results: the planner guesses one row for each, and a
     /// nested loop over both costs the square of the batch. The update of `outbox` returns the
-    /// reports it matched, each trace's bump returns its reports as arrays, and the insert
-    /// unnests them.
+    /// reports it matched, each trace's bump returns its reports as arrays (unordered: an
+    /// ordered aggregate sorts once per trace), and they are unnested and numbered in
+    /// publishing order with one sort.
     async fn mark_sent(&self, sent: &[OutboxEvent]) -> Result<(), StoreError> {
         let now = now_millis();
         let reports: Vec<NewTraceEvent> = sent
             .iter()
             .map(|e| published(e.event_id, &e.event_type))
             .collect();
-        let rows: Vec<(String, i64, String, Vec<String>)> = sqlx::query_as(
+        let rows: Vec<(String, i64, String)> = sqlx::query_as(
             "WITH sent AS (
                  UPDATE outbox o SET sent_at = $1
                  FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
@@ -1138,21 +1139,24 @@ impl Store for PgStore {
                  WHERE o.event_id = r.id AND o.sent_at IS NULL
                  RETURNING r.id, r.t, r.c, r.st, r.m, r.d, r.k),
              per_trace AS (
-                 SELECT t, count(*) AS n, array_agg(id ORDER BY k) AS ids,
-                     array_agg(c ORDER BY k) AS cs, array_agg(st ORDER BY k) AS sts,
-                     array_agg(m ORDER BY k) AS ms, array_agg(d ORDER BY k) AS ds
+                 SELECT t, count(*) AS n, array_agg(id) AS ids, array_agg(k) AS ks,
+                     array_agg(c) AS cs, array_agg(st) AS sts, array_agg(m) AS ms,
+                     array_agg(d) AS ds
                  FROM sent GROUP BY t ORDER BY t),
              bump AS (
                  UPDATE commands c SET last_seq = c.last_seq + p.n, updated_at = $1
                  FROM per_trace p WHERE c.trace_id = p.t
-                 RETURNING c.trace_id, c.last_seq - p.n AS base, c.state, p.ids, p.cs, p.sts,
-                     p.ms, p.ds),
+                 RETURNING c.trace_id, c.last_seq - p.n AS base, c.state, p.ids, p.ks, p.cs,
+                     p.sts, p.ms, p.ds),
+             numbered AS (
+                 SELECT b.trace_id, e.id, b.state, e.c, e.st, e.m, e.d,
+                     b.base + row_number() OVER (PARTITION BY b.trace_id ORDER BY e.k) AS seq
+                 FROM bump b, UNNEST(b.ids, b.ks, b.cs, b.sts, b.ms, b.ds) AS e(id, k, c, st, m, d)),
              ins AS (
                  INSERT INTO trace_events
                      (trace_id, seq, component, status, message, detail, state, at)
-                 SELECT b.trace_id, b.base + e.i, e.c, e.st, e.m, e.d, b.state, $1
-                 FROM bump b, UNNEST(b.cs, b.sts, b.ms, b.ds) WITH ORDINALITY AS e(c, st, m, d, i))
-             SELECT trace_id, base, state, ids FROM bump",
+                 SELECT trace_id, seq, c, st, m, d, state, $1 FROM numbered)
+             SELECT id, seq, state FROM numbered",
         )
         .bind(now)
         .bind(
@@ -1193,11 +1197,8 @@ impl Store for PgStore {
         .await?;
         // event ID → (sequence number, the trace's state)
         let mut written: HashMap<String, (i64, TraceState)> = HashMap::new();
-        for (_, base, state, ids) in rows {
-            let state = parse_state(&state)?;
-            for (i, id) in ids.into_iter().enumerate() {
-                written.insert(id, (base + 1 + i as i64, state));
-            }
+        for (id, seq, state) in rows {
+            written.insert(id, (seq, parse_state(&state)?));
         }
         let mut events = Vec::with_capacity(written.len());
         for (event, report) in sent.iter().zip(reports) {
