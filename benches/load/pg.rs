@@ -1717,12 +1717,15 @@ struct Results {
     graphile: Vec<(String, DrainRun)>,
     /// Round 5: graphile-worker's mode, then per pair the one-worker tether rate and the
     /// one-process graphile-worker rate, measured one right after the other.
-    pairs: Option<(String, Vec<(Option<f64>, Option<f64>)>)>,
+    pairs: Option<(String, Vec<Pair>)>,
     failures: Vec<String>,
 }
 
 /// Alternating pairs in round 5.
 const PAIRS: usize = 3;
+
+/// One pair of round 5: tether's rate, graphile-worker's rate (`None`: not measured).
+type Pair = (Option<f64>, Option<f64>);
 
 pub(super) async fn main(root: &Path, dir: &Path, opts: &Opts) -> anyhow::Result<()> {
     let env = Env::from_env(root);
