@@ -1721,6 +1721,19 @@ struct Results {
     failures: Vec<String>,
 }
 
+/// graphile-worker's faster mode with one process, among the drains measured.
+fn better_mode(graphile: &[(String, DrainRun)]) -> Option<&str> {
+    graphile
+        .iter()
+        .filter(|(_, run)| run.processes == 1)
+        .max_by(|a, b| {
+            a.1.busy_rate()
+                .unwrap_or(0.0)
+                .total_cmp(&b.1.busy_rate().unwrap_or(0.0))
+        })
+        .map(|(mode, _)| mode.as_str())
+}
+
 /// Alternating pairs in round 5.
 const PAIRS: usize = 3;
 
@@ -1825,16 +1838,7 @@ pub(super) async fn main(root: &Path, dir: &Path, opts: &Opts) -> anyhow::Result
                     Err(e) => r.failures.push(format!("graphile-worker {mode}: {e:#}")),
                 }
             }
-            let best_mode = r
-                .graphile
-                .iter()
-                .filter(|(_, run)| run.processes == 1)
-                .max_by(|a, b| {
-                    a.1.busy_rate()
-                        .unwrap_or(0.0)
-                        .total_cmp(&b.1.busy_rate().unwrap_or(0.0))
-                })
-                .map_or("default".to_owned(), |(m, _)| m.clone());
+            let best_mode = better_mode(&r.graphile).unwrap_or("default").to_owned();
             eprintln!("load: (pg) 3. graphile-worker, {best_mode}, 2 processes, {n} jobs …");
             match graphile_drain(
                 &env,
@@ -1864,16 +1868,7 @@ pub(super) async fn main(root: &Path, dir: &Path, opts: &Opts) -> anyhow::Result
     // are seconds apart, so a slow spell of the shared machine hits both sides of its ratio.
     match &env.peer {
         Ok(peer) if run("5") => {
-            let mode = r
-                .graphile
-                .iter()
-                .filter(|(_, run)| run.processes == 1)
-                .max_by(|a, b| {
-                    a.1.busy_rate()
-                        .unwrap_or(0.0)
-                        .total_cmp(&b.1.busy_rate().unwrap_or(0.0))
-                })
-                .map_or("batched".to_owned(), |(m, _)| m.clone());
+            let mode = better_mode(&r.graphile).unwrap_or("batched").to_owned();
             let mut pairs = Vec::new();
             for k in 1..=PAIRS {
                 eprintln!(
