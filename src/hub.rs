@@ -284,6 +284,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn watching_any_follows_trace_event_subscribers_only() {
+        let hub = hub(8);
+        assert!(!hub.watching_any(), "no one subscribes yet");
+        let other = hub.subscribe("onOrderCreated", Vec::new());
+        assert!(!hub.watching_any(), "a subscriber to another field");
+        let one = hub.subscribe("onTraceEvent", vec![("traceId".into(), json!("a"))]);
+        assert!(hub.watching_any());
+        drop(one);
+        assert!(!hub.watching_any(), "the last trace subscriber left");
+        let all = hub.subscribe("onTraceEvent", Vec::new());
+        assert!(hub.watching_any(), "a subscriber to every trace");
+        drop((all, other));
+        assert!(!hub.watching_any());
+    }
+
+    #[tokio::test]
     async fn delivers_only_to_matching_filters() {
         let hub = hub(8);
         let mut a = hub.subscribe("onTraceEvent", vec![("traceId".into(), json!("a"))]);
