@@ -188,6 +188,21 @@ async fn a_lease_is_exclusive_and_a_stale_token_writes_nothing(backend: Backend)
     );
 }
 
+/// How many orders a trace wrote, and its state.
+async fn orders_and_state(
+    store: &Arc<dyn Store>,
+    db: &TestDb,
+    trace: TraceId,
+) -> (i64, tether::domain::TraceState) {
+    let orders = db
+        .scalar(
+            "SELECT count(*) FROM orders WHERE trace_id = $1",
+            &trace.to_string(),
+        )
+        .await;
+    (orders, store.trace(trace).await.unwrap().unwrap().state)
+}
+
 /// Writes an order row for its trace, then fails or not.
 struct WriteOrder {
     trace_id: TraceId,
@@ -231,13 +246,7 @@ async fn attempts_sharing_a_commit_roll_back_alone(backend: Backend) {
     }))
     .await;
     for (i, (claim, outcome)) in claims.iter().zip(outcomes).enumerate() {
-        let orders = db
-            .scalar(
-                "SELECT count(*) FROM orders WHERE trace_id = $1",
-                &claim.trace_id.to_string(),
-            )
-            .await;
-        let state = store.trace(claim.trace_id).await.unwrap().unwrap().state;
+        let (orders, state) = orders_and_state(&store, &db, claim.trace_id).await;
         if i % 2 == 0 {
             assert!(matches!(outcome, tether::ports::AttemptOutcome::Failed(_)));
             assert_eq!((orders, state.as_str()), (0, "RUNNING"));
@@ -360,13 +369,7 @@ async fn inserted_rows_are_seen_and_a_refused_one_fails_its_attempt_alone(backen
     .await;
     let mut twins_committed = 0;
     for (i, (claim, outcome)) in claims.iter().zip(outcomes).enumerate() {
-        let orders = db
-            .scalar(
-                "SELECT count(*) FROM orders WHERE trace_id = $1",
-                &claim.trace_id.to_string(),
-            )
-            .await;
-        let state = store.trace(claim.trace_id).await.unwrap().unwrap().state;
+        let (orders, state) = orders_and_state(&store, &db, claim.trace_id).await;
         let committed = matches!(outcome, tether::ports::AttemptOutcome::Committed);
         let failed = matches!(outcome, tether::ports::AttemptOutcome::Failed(_));
         match i {

@@ -64,7 +64,7 @@ impl From<&Claim> for Lease {
 }
 
 pub(super) struct AttemptJob {
-    pub claim: Lease,
+    pub lease: Lease,
     pub work: Arc<dyn AttemptWork>,
     pub reply: oneshot::Sender<Result<AttemptOutcome, StoreError>>,
 }
@@ -198,11 +198,11 @@ async fn group_in_tx(
     .bind(now)
     .bind(
         jobs.iter()
-            .map(|j| j.claim.trace_id.to_string())
+            .map(|j| j.lease.trace_id.to_string())
             .collect::<Vec<_>>(),
     )
-    .bind(jobs.iter().map(|j| j.claim.lease_token).collect::<Vec<_>>())
-    .bind(jobs.iter().map(|j| j.claim.series).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.lease.lease_token).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.lease.series).collect::<Vec<_>>())
     .fetch_all(&mut *tx)
     .await?;
     let marked: HashSet<&str> = rows
@@ -224,7 +224,7 @@ async fn group_in_tx(
     // attempt go in one statement per table.
     let mut held = Held::default();
     for (i, job) in jobs.iter().enumerate() {
-        if !runnable.contains(&(job.claim.trace_id.to_string(), job.claim.lease_token)) {
+        if !runnable.contains(&(job.lease.trace_id.to_string(), job.lease.lease_token)) {
             outcomes.push(AttemptOutcome::Fenced);
             continue;
         }
@@ -251,13 +251,13 @@ async fn group_in_tx(
                         .execute(&mut *tx)
                         .await?;
                 }
-                done.push((&job.claim, d));
+                done.push((&job.lease, d));
                 outcomes.push(AttemptOutcome::Committed);
                 continue;
             }
             Ok(Err(e)) => e,
             Err(_) => {
-                tracing::error!(trace.id = %job.claim.trace_id, "the command panicked");
+                tracing::error!(trace.id = %job.lease.trace_id, "the command panicked");
                 CommandError::technical("the command panicked")
             }
         };
@@ -272,8 +272,8 @@ async fn group_in_tx(
             .execute(&mut *tx)
             .await?;
         sqlx::query("DELETE FROM processed WHERE trace_id = $1 AND series = $2")
-            .bind(job.claim.trace_id.to_string())
-            .bind(job.claim.series)
+            .bind(job.lease.trace_id.to_string())
+            .bind(job.lease.series)
             .execute(&mut *tx)
             .await?;
         outcomes.push(AttemptOutcome::Failed(error));
@@ -399,16 +399,16 @@ async fn succeed(
     .await?;
     let base: std::collections::HashMap<String, i64> = rows.into_iter().collect();
     let mut events = Vec::new();
-    for (claim, d) in done {
-        let Some(base) = base.get(&claim.trace_id.to_string()) else {
+    for (lease, d) in done {
+        let Some(base) = base.get(&lease.trace_id.to_string()) else {
             return Err(StoreError::Failed(format!(
                 "trace {} has no command row",
-                claim.trace_id
+                lease.trace_id
             )));
         };
         events.extend(d.events.into_iter().enumerate().map(|(i, e)| {
             e.numbered(
-                claim.trace_id,
+                lease.trace_id,
                 base + 1 + i as i64,
                 now,
                 TraceState::Succeeded,

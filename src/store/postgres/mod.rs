@@ -684,7 +684,7 @@ impl Store for PgStore {
         let (reply, answer) = oneshot::channel();
         self.attempts
             .send(AttemptJob {
-                claim: claim.into(),
+                lease: claim.into(),
                 work,
                 reply,
             })
