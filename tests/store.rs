@@ -3,12 +3,12 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use common::*;
 use serde_json::json;
-use tether::domain::{Component, NewCommand, NewTraceEvent, Status, TraceId, now_millis};
+use tether::domain::{Claim, Component, NewCommand, NewTraceEvent, Status, TraceId, now_millis};
 use tether::ports::{Failure, Next, Store, StoreError};
 
 async fn store(backend: Backend) -> (Arc<dyn Store>, TestDb) {
@@ -25,6 +25,7 @@ contract!(
     sent_outbox_rows_are_deleted_after_their_retention_and_unsent_ones_never,
     a_lease_is_exclusive_and_a_stale_token_writes_nothing,
     attempts_sharing_a_commit_roll_back_alone,
+    a_group_fences_its_stale_leases_and_commits_the_rest,
     inserted_rows_are_seen_and_a_refused_one_fails_its_attempt_alone,
     an_expired_lease_commits_nothing_and_a_renewed_one_is_not_taken_over,
     concurrent_claimers_never_share_a_command,
@@ -269,6 +270,97 @@ async fn attempts_sharing_a_commit_roll_back_alone(backend: Backend) {
         again.unwrap(),
         tether::ports::AttemptOutcome::Fenced
     ));
+}
+
+/// Attempts that finish together share a commit but not a fate: live leases commit; stale ones
+/// (committed once already, or taken over and claimed again) are fenced off and write nothing,
+/// even next to their successor. PostgreSQL first checks leases in the statement that ends
+/// them and runs the group again, checked first, when one fails there.
+async fn a_group_fences_its_stale_leases_and_commits_the_rest(backend: Backend) {
+    use tether::ports::AttemptOutcome::{Committed, Fenced};
+    let (store, db) = store(backend).await;
+    for _ in 0..10 {
+        store.accept(command("alice", None)).await.unwrap();
+    }
+    let live = store.claim(10, 10_000).await.unwrap();
+    let write = |claim: &Claim| {
+        Arc::new(WriteOrder {
+            trace_id: claim.trace_id,
+            fail: false,
+        })
+    };
+    // Four of them commit now: their leases go stale.
+    for claim in &live[..4] {
+        let outcome = store.commit_attempt(claim, write(claim)).await.unwrap();
+        assert!(matches!(outcome, Committed), "{outcome:?}");
+    }
+    // Two leases that expire at once, taken over by the sweeper and claimed again.
+    for _ in 0..2 {
+        store.accept(command("alice", None)).await.unwrap();
+    }
+    let zombies = store.claim(2, -1).await.unwrap();
+    for zombie in &zombies {
+        let takeover = Failure {
+            next: Next::Retry { at: 0 },
+            lease_expired: true,
+            error: "lease expired".into(),
+            events: vec![NewTraceEvent::new(
+                Component::ErrorHandler,
+                Status::Error,
+                "lost",
+            )],
+        };
+        assert!(store.record_failure(zombie, takeover).await.unwrap());
+    }
+    let successors = store.claim(2, 10_000).await.unwrap();
+    assert_eq!(
+        successors
+            .iter()
+            .map(|c| c.trace_id)
+            .collect::<HashSet<_>>(),
+        zombies.iter().map(|c| c.trace_id).collect::<HashSet<_>>()
+    );
+    // A zombie alone, while its successor holds the lease.
+    let outcome = store
+        .commit_attempt(&zombies[0], write(&zombies[0]))
+        .await
+        .unwrap();
+    assert!(matches!(outcome, Fenced), "{outcome:?}");
+    let (orders, state) = orders_and_state(&store, &db, zombies[0].trace_id).await;
+    assert_eq!((orders, state.as_str()), (0, "RUNNING"));
+
+    // All at once: stale, zombie, successor and live attempts, interleaved.
+    let mut attempts: Vec<(&Claim, bool)> = Vec::new();
+    for i in 0..6 {
+        attempts.push((&live[4 + i], true));
+        if i < 4 {
+            attempts.push((&live[i], false));
+        }
+        if i < 2 {
+            attempts.push((&zombies[i], false));
+            attempts.push((&successors[i], true));
+        }
+    }
+    let outcomes = futures_util::future::join_all(attempts.iter().map(|(claim, _)| {
+        let store = store.clone();
+        async move { store.commit_attempt(claim, write(claim)).await.unwrap() }
+    }))
+    .await;
+    for ((claim, holds), outcome) in attempts.iter().zip(outcomes) {
+        match (holds, outcome) {
+            (true, Committed) | (false, Fenced) => {}
+            (_, outcome) => panic!("{} (lease held: {holds}): {outcome:?}", claim.trace_id),
+        }
+        let (orders, state) = orders_and_state(&store, &db, claim.trace_id).await;
+        assert_eq!(
+            (orders, state.as_str()),
+            (1, "SUCCEEDED"),
+            "{}",
+            claim.trace_id
+        );
+    }
+    assert_eq!(db.count("SELECT count(*) FROM orders").await, 12);
+    assert_eq!(db.count("SELECT count(*) FROM processed").await, 12);
 }
 
 /// Adds an order with `Tx::insert` (with no status if told: a NOT NULL column), then, if

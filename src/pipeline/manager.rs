@@ -31,6 +31,8 @@ impl Pipeline {
             std::process::abort();
         }
 
+        // Shared with the heartbeat and the attempt's work: its payload is not copied.
+        let claim = Arc::new(claim);
         let pause = faults.pause(claim.attempt);
         let frozen = matches!(pause, Some((_, true)));
         let heartbeat = CancellationToken::new();
@@ -121,7 +123,7 @@ impl Pipeline {
     }
 
     /// Extends the lease every heartbeat interval until stopped or the lease is lost.
-    async fn heartbeat(self, claim: Claim, stop: CancellationToken) {
+    async fn heartbeat(self, claim: Arc<Claim>, stop: CancellationToken) {
         let every = Duration::from_millis(self.config.heartbeat_ms.max(1) as u64);
         loop {
             tokio::select! {
@@ -154,7 +156,7 @@ fn result_detail(result: &serde_json::Value) -> serde_json::Value {
 
 /// The transactional part of an attempt: the command, then the EventCollector.
 struct Attempt {
-    claim: Claim,
+    claim: Arc<Claim>,
     handler: Arc<dyn Invokable>,
     /// Injected: fail after the command's writes, so they must roll back.
     fail: bool,

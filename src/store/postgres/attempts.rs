@@ -2,17 +2,20 @@
 //!
 //! * `commit_attempt` queues the attempt; a committer takes whatever is queued (up to
 //!   [`MAX_GROUP`]) and runs it as one transaction, a few groups in flight at once:
-//!   1. one statement checks every lease (`FOR UPDATE`, so no sweeper takes one over until
-//!      the commit) and writes the dedup marks; attempts whose lease is gone, or whose series
-//!      was already processed, are fenced off and write nothing (G3);
-//!   2. each remaining command runs, back to back, on the group's connection; the rows it
-//!      adds with `Tx::insert` are held, and written before the next statement of the group
-//!      (so every statement sees every earlier row) with one statement per table for all the
-//!      attempts (so a group of `createOrder`s costs one round trip for its orders, not one
-//!      each);
-//!   3. one statement writes every result, trace event and outbox row (the outbox rows
+//!   1. each command runs, back to back, on the group's connection; the rows it adds with
+//!      `Tx::insert` are held, and written before the next statement of the group (so every
+//!      statement sees every earlier row) with one statement per table for all the attempts
+//!      (so a group of `createOrder`s costs one round trip for its orders, not one each);
+//!   2. one statement checks and ends every lease (its `UPDATE` matches only a command still
+//!      `RUNNING` under the attempt's lease token, and locks it until the commit), writes the
+//!      dedup marks, and writes every result, trace event and outbox row (the outbox rows
 //!      already taken by this process, and handed to its emitter after the commit; see
 //!      [`relay`](super::relay)); then the commit.
+//! * Leases are almost always still held, so that first pass checks them last. When one is
+//!   not (its lease was taken over, or its series was already processed), the group is rolled
+//!   back and runs again checked first: one statement locks every lease (`FOR UPDATE`, so no
+//!   sweeper takes one over until the commit) and writes the dedup marks, and the attempts
+//!   that fail it are fenced off and run nothing (G3).
 //! * A command that fails (an error, a panic, a statement the database refused) may leave
 //!   the transaction unusable: the group is rolled back, that attempt's outcome is its
 //!   failure, and the rest run again as a new group, this time with a savepoint around each
@@ -117,14 +120,28 @@ enum Group {
     Failed(usize, CommandError),
     /// Held rows were refused, so whose attempt failed is not known; rolled back.
     Refused,
+    /// Checked last, a lease or a dedup mark failed; rolled back.
+    Lost,
+}
+
+/// How a group's transaction runs.
+#[derive(Clone, Copy, PartialEq)]
+enum Pass {
+    /// Leases checked by the statement that ends them, after the commands ran.
+    Optimistic,
+    /// Leases locked and dedup marks written first; fenced attempts run nothing.
+    Checked,
+    /// As `Checked`, with a savepoint around each command.
+    Savepoints,
 }
 
 async fn run_group(c: &Committer, mut jobs: Vec<AttemptJob>) {
-    // First without savepoints (no extra round trips); once a command has failed, the rest
-    // run again with one savepoint each, so further failures cost no more passes.
-    let mut savepoints = false;
+    // First optimistic (no extra round trips); once a lease is found lost, checked first;
+    // once a command has failed, the rest run again with one savepoint each, so further
+    // failures cost no more passes.
+    let mut pass = Pass::Optimistic;
     while !jobs.is_empty() {
-        match group_in_tx(c, &jobs, savepoints).await {
+        match group_in_tx(c, &jobs, pass).await {
             Ok(Group::Committed(outcomes, events)) => {
                 c.sink.committed(&events);
                 for (job, outcome) in jobs.into_iter().zip(outcomes) {
@@ -135,14 +152,21 @@ async fn run_group(c: &Committer, mut jobs: Vec<AttemptJob>) {
             Ok(Group::Failed(i, error)) => {
                 let job = jobs.remove(i);
                 let _ = job.reply.send(Ok(AttemptOutcome::Failed(error)));
-                savepoints = true;
+                pass = Pass::Savepoints;
             }
             Ok(Group::Refused) => {
                 tracing::debug!(
                     attempts = jobs.len(),
                     "held rows were refused; running the group again with a savepoint per attempt"
                 );
-                savepoints = true;
+                pass = Pass::Savepoints;
+            }
+            Ok(Group::Lost) => {
+                tracing::debug!(
+                    attempts = jobs.len(),
+                    "a lease was lost; running the group again with its leases checked first"
+                );
+                pass = Pass::Checked; // only the optimistic pass checks last
             }
             Err(e) if jobs.len() == 1 => {
                 let _ = jobs.remove(0).reply.send(Err(e));
@@ -152,14 +176,16 @@ async fn run_group(c: &Committer, mut jobs: Vec<AttemptJob>) {
                 for job in jobs.drain(..) {
                     // With a savepoint: its inserts are then written as they are made, so a
                     // refused row fails this attempt, and `Refused` cannot come back.
-                    let outcome = match group_in_tx(c, std::slice::from_ref(&job), true).await {
+                    let outcome = match group_in_tx(c, std::slice::from_ref(&job), Pass::Savepoints)
+                        .await
+                    {
                         Ok(Group::Committed(mut outcomes, events)) => {
                             c.sink.committed(&events);
                             Ok(outcomes.remove(0))
                         }
                         Ok(Group::Failed(_, error)) => Ok(AttemptOutcome::Failed(error)),
-                        Ok(Group::Refused) => Err(StoreError::Failed(
-                            "a group with savepoints held rows".into(),
+                        Ok(Group::Refused | Group::Lost) => Err(StoreError::Failed(
+                            "a group with savepoints held rows or did not check its lease".into(),
                         )),
                         Err(e) => Err(e),
                     };
@@ -170,53 +196,14 @@ async fn run_group(c: &Committer, mut jobs: Vec<AttemptJob>) {
     }
 }
 
-async fn group_in_tx(
-    c: &Committer,
-    jobs: &[AttemptJob],
-    savepoints: bool,
-) -> Result<Group, StoreError> {
+async fn group_in_tx(c: &Committer, jobs: &[AttemptJob], pass: Pass) -> Result<Group, StoreError> {
     let now = now_millis();
     let mut tx = c.pool.begin().await?;
-    // Keyed by lease token too: a zombie and its successor may meet in one group. The leases
-    // held (`ours`, at most one per trace) and the marks written come back as two lists, with
-    // no join of the two: the planner would guess one row for each and loop over both.
-    let rows: Vec<(bool, String, Option<i64>)> = sqlx::query_as(
-        "WITH ours AS (
-             SELECT c.trace_id, c.fence, u.s FROM commands c
-             JOIN UNNEST($2::text[], $3::bigint[], $4::int[]) AS u(t, f, s) ON c.trace_id = u.t
-             WHERE c.fence = u.f AND c.state = 'RUNNING' AND c.lease_expires_at >= $1
-             ORDER BY c.trace_id
-             FOR UPDATE OF c),
-         marked AS (
-             INSERT INTO processed (trace_id, series, processed_at)
-             SELECT trace_id, s, $1 FROM ours
-             ON CONFLICT DO NOTHING
-             RETURNING trace_id)
-         SELECT true, trace_id, fence FROM ours
-         UNION ALL SELECT false, trace_id, NULL FROM marked",
-    )
-    .bind(now)
-    .bind(
-        jobs.iter()
-            .map(|j| j.lease.trace_id.to_string())
-            .collect::<Vec<_>>(),
-    )
-    .bind(jobs.iter().map(|j| j.lease.lease_token).collect::<Vec<_>>())
-    .bind(jobs.iter().map(|j| j.lease.series).collect::<Vec<_>>())
-    .fetch_all(&mut *tx)
-    .await?;
-    let marked: HashSet<&str> = rows
-        .iter()
-        .filter(|(held, ..)| !held)
-        .map(|(_, t, _)| t.as_str())
-        .collect();
-    let runnable: HashSet<(String, i64)> = rows
-        .iter()
-        .filter_map(|(held, t, fence)| match (held, fence) {
-            (true, Some(f)) if marked.contains(t.as_str()) => Some((t.clone(), *f)),
-            _ => None,
-        })
-        .collect();
+    let runnable = match pass {
+        Pass::Optimistic => None,
+        Pass::Checked | Pass::Savepoints => Some(check_leases(&mut tx, now, jobs).await?),
+    };
+    let savepoints = pass == Pass::Savepoints;
 
     let mut outcomes = Vec::with_capacity(jobs.len());
     let mut done = Vec::new();
@@ -224,7 +211,9 @@ async fn group_in_tx(
     // attempt go in one statement per table.
     let mut held = Held::default();
     for (i, job) in jobs.iter().enumerate() {
-        if !runnable.contains(&(job.lease.trace_id.to_string(), job.lease.lease_token)) {
+        if let Some(runnable) = &runnable
+            && !runnable.contains(&(job.lease.trace_id.to_string(), job.lease.lease_token))
+        {
             outcomes.push(AttemptOutcome::Fenced);
             continue;
         }
@@ -287,7 +276,12 @@ async fn group_in_tx(
         .flat_map(|(_, d)| std::mem::take(&mut d.outbox))
         .collect();
     let claimed_until = now + super::OUTBOX_CLAIM_MS;
-    let events = succeed(&mut tx, now, done, &outbox, (&c.node, claimed_until)).await?;
+    let mark = pass == Pass::Optimistic;
+    let Some(events) = succeed(&mut tx, now, done, mark, &outbox, (&c.node, claimed_until)).await?
+    else {
+        tx.rollback().await?;
+        return Ok(Group::Lost);
+    };
     // Listed before the commit, so that no claiming statement can see a row not yet listed.
     let handed = c.relay.pending(outbox);
     tx.commit().await?;
@@ -295,31 +289,96 @@ async fn group_in_tx(
     Ok(Group::Committed(outcomes, events))
 }
 
-/// Writes the successful attempts in one statement: each command's result and state, its
-/// trace events (numbered after its last one) and its outbox rows (`outbox`, taken by
-/// `taker` = (node, until)).
+/// Locks the leases of a group that are still held (`FOR UPDATE`, so no sweeper takes one
+/// over until the commit) and writes their dedup marks; returns the (trace, lease token) pairs
+/// that hold both, the attempts that may run.
+async fn check_leases(
+    conn: &mut PgConnection,
+    now: i64,
+    jobs: &[AttemptJob],
+) -> Result<HashSet<(String, i64)>, StoreError> {
+    // Keyed by lease token too: a zombie and its successor may meet in one group. The leases
+    // held (`ours`, at most one per trace) and the marks written come back as two lists, with
+    // no join of the two: the planner would guess one row for each and loop over both.
+    let rows: Vec<(bool, String, Option<i64>)> = sqlx::query_as(
+        "WITH ours AS (
+             SELECT c.trace_id, c.fence, u.s FROM commands c
+             JOIN UNNEST($2::text[], $3::bigint[], $4::int[]) AS u(t, f, s) ON c.trace_id = u.t
+             WHERE c.fence = u.f AND c.state = 'RUNNING' AND c.lease_expires_at >= $1
+             ORDER BY c.trace_id
+             FOR UPDATE OF c),
+         marked AS (
+             INSERT INTO processed (trace_id, series, processed_at)
+             SELECT trace_id, s, $1 FROM ours
+             ON CONFLICT DO NOTHING
+             RETURNING trace_id)
+         SELECT true, trace_id, fence FROM ours
+         UNION ALL SELECT false, trace_id, NULL FROM marked",
+    )
+    .bind(now)
+    .bind(
+        jobs.iter()
+            .map(|j| j.lease.trace_id.to_string())
+            .collect::<Vec<_>>(),
+    )
+    .bind(jobs.iter().map(|j| j.lease.lease_token).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.lease.series).collect::<Vec<_>>())
+    .fetch_all(&mut *conn)
+    .await?;
+    let marked: HashSet<&str> = rows
+        .iter()
+        .filter(|(held, ..)| !held)
+        .map(|(_, t, _)| t.as_str())
+        .collect();
+    Ok(rows
+        .iter()
+        .filter_map(|(held, t, fence)| match (held, fence) {
+            (true, Some(f)) if marked.contains(t.as_str()) => Some((t.clone(), *f)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Writes the successful attempts in one statement: each command's result and state (only
+/// where its lease is still held), its trace events (numbered after its last one), its dedup
+/// mark when `mark` (the optimistic pass) and its outbox rows (`outbox`, taken by `taker` =
+/// (node, until)). `None` when `mark` and a lease or a mark failed: the caller rolls back.
 async fn succeed(
     conn: &mut PgConnection,
     now: i64,
-    done: Vec<(&Lease, AttemptDone)>,
+    mut done: Vec<(&Lease, AttemptDone)>,
+    mark: bool,
     outbox: &[OutboxEvent],
     taker: (&str, i64),
-) -> Result<Vec<TraceEvent>, StoreError> {
+) -> Result<Option<Vec<TraceEvent>>, StoreError> {
     if done.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Some(Vec::new()));
+    }
+    // One order for the rows a group locks, whatever order its attempts finished in.
+    done.sort_unstable_by_key(|(lease, _)| lease.trace_id);
+    if mark && done.windows(2).any(|w| w[0].0.trace_id == w[1].0.trace_id) {
+        // A zombie and its successor in one group: only a check first tells them apart.
+        return Ok(None);
     }
     let column = |f: &dyn Fn(&NewTraceEvent) -> Option<String>| {
         done.iter()
             .flat_map(|(_, d)| d.events.iter().map(f))
             .collect::<Vec<_>>()
     };
-    let rows: Vec<(String, i64)> = sqlx::query_as(
+    // Marks and held leases come back as two lists (no join of the two, see `check_leases`).
+    let rows: Vec<(String, Option<i64>)> = sqlx::query_as(
         "WITH ok AS (
              UPDATE commands c SET state = 'SUCCEEDED', result = u.r, lease_expires_at = NULL,
                  last_seq = c.last_seq + u.n, updated_at = $1
-             FROM UNNEST($2::text[], $3::text[], $4::bigint[]) AS u(t, r, n)
-             WHERE c.trace_id = u.t
+             FROM UNNEST($2::text[], $3::text[], $4::bigint[], $18::bigint[]) AS u(t, r, n, f)
+             WHERE c.trace_id = u.t AND c.fence = u.f AND c.state = 'RUNNING'
+                 AND c.lease_expires_at >= $1
              RETURNING c.trace_id, c.last_seq - u.n AS base),
+         marked AS (
+             INSERT INTO processed (trace_id, series, processed_at)
+             SELECT t, s, $1 FROM UNNEST($2::text[], $19::int[]) AS m(t, s) WHERE $20
+             ON CONFLICT DO NOTHING
+             RETURNING trace_id),
          ins AS (
              INSERT INTO trace_events
                  (trace_id, seq, component, status, attempt, message, detail, state, at)
@@ -332,7 +391,8 @@ async fn succeed(
                  (event_id, trace_id, event_type, payload, created_at, claimed_by, claimed_until)
              SELECT i, t, y, p, $1, $16, $17
              FROM UNNEST($12::text[], $13::text[], $14::text[], $15::text[]) AS o(i, t, y, p))
-         SELECT trace_id, base FROM ok",
+         SELECT trace_id, base FROM ok
+         UNION ALL SELECT trace_id, NULL FROM marked",
     )
     .bind(now)
     .bind(
@@ -395,14 +455,25 @@ async fn succeed(
     )
     .bind(taker.0)
     .bind(taker.1)
+    .bind(done.iter().map(|(c, _)| c.lease_token).collect::<Vec<_>>())
+    .bind(done.iter().map(|(c, _)| c.series).collect::<Vec<_>>())
+    .bind(mark)
     .fetch_all(&mut *conn)
     .await?;
-    let base: std::collections::HashMap<String, i64> = rows.into_iter().collect();
+    let (ok, marked): (Vec<_>, Vec<_>) = rows.into_iter().partition(|(_, base)| base.is_some());
+    if mark && (ok.len() != done.len() || marked.len() != done.len()) {
+        return Ok(None);
+    }
+    let base: std::collections::HashMap<String, i64> = ok
+        .into_iter()
+        .filter_map(|(trace, base)| Some((trace, base?)))
+        .collect();
     let mut events = Vec::new();
     for (lease, d) in done {
         let Some(base) = base.get(&lease.trace_id.to_string()) else {
+            // Checked first, the leases are locked: only a missing row gets here.
             return Err(StoreError::Failed(format!(
-                "trace {} has no command row",
+                "trace {} has no running command row under its lease",
                 lease.trace_id
             )));
         };
@@ -415,7 +486,7 @@ async fn succeed(
             )
         }));
     }
-    Ok(events)
+    Ok(Some(events))
 }
 
 /// What a command sees of the attempt's transaction.
