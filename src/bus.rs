@@ -1,5 +1,7 @@
 //! The embedded publisher: an in-process event bus that the EventEmitter relays outbox rows
-//! to. Anyone can observe it (`EventBus::subscribe`); each event is also logged.
+//! to. Anyone can observe it (`EventBus::subscribe`); each event is also logged at debug level
+//! (`RUST_LOG=tether::bus=debug`): at info, a busy executor's thousands of events a second
+//! would drown the log, and the trace records every publication (the EventEmitter's event).
 
 use async_trait::async_trait;
 use tokio::sync::broadcast;
@@ -28,7 +30,7 @@ impl EventBus {
 impl Publisher for EventBus {
     async fn publish(&self, events: &[OutboxEvent]) -> Result<(), PublishError> {
         for event in events {
-            tracing::info!(
+            tracing::debug!(
                 event.id = %event.event_id,
                 event.r#type = %event.event_type,
                 trace.id = %event.trace_id,
