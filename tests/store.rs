@@ -275,7 +275,9 @@ async fn attempts_sharing_a_commit_roll_back_alone(backend: Backend) {
 /// Attempts that finish together share a commit but not a fate: live leases commit; stale ones
 /// (committed once already, or taken over and claimed again) are fenced off and write nothing,
 /// even next to their successor. PostgreSQL first checks leases in the statement that ends
-/// them and runs the group again, checked first, when one fails there.
+/// them and runs the group again, checked first, when one fails there. About half the attempts here
+/// insert their order with `Tx::insert` (held, and written for the whole group), half run a
+/// statement of their own.
 async fn a_group_fences_its_stale_leases_and_commits_the_rest(backend: Backend) {
     use tether::ports::AttemptOutcome::{Committed, Fenced};
     let (store, db) = store(backend).await;
@@ -283,11 +285,24 @@ async fn a_group_fences_its_stale_leases_and_commits_the_rest(backend: Backend) 
         store.accept(command("alice", None)).await.unwrap();
     }
     let live = store.claim(10, 10_000).await.unwrap();
-    let write = |claim: &Claim| {
-        Arc::new(WriteOrder {
-            trace_id: claim.trace_id,
-            fail: false,
-        })
+    let write = |claim: &Claim| -> Arc<dyn tether::ports::AttemptWork> {
+        if claim
+            .trace_id
+            .to_string()
+            .ends_with(['0', '2', '4', '6', '8', 'a', 'c', 'e'])
+        {
+            Arc::new(WriteOrder {
+                trace_id: claim.trace_id,
+                fail: false,
+            })
+        } else {
+            Arc::new(InsertOrder {
+                trace_id: claim.trace_id,
+                order_id: uuid::Uuid::new_v4().to_string(),
+                status: Some("CREATED"),
+                read_back: false,
+            })
+        }
     };
     // Four of them commit now: their leases go stale.
     for claim in &live[..4] {
@@ -320,14 +335,24 @@ async fn a_group_fences_its_stale_leases_and_commits_the_rest(backend: Backend) 
             .collect::<HashSet<_>>(),
         zombies.iter().map(|c| c.trace_id).collect::<HashSet<_>>()
     );
-    // A zombie alone, while its successor holds the lease.
-    let outcome = store
-        .commit_attempt(&zombies[0], write(&zombies[0]))
-        .await
-        .unwrap();
-    assert!(matches!(outcome, Fenced), "{outcome:?}");
-    let (orders, state) = orders_and_state(&store, &db, zombies[0].trace_id).await;
-    assert_eq!((orders, state.as_str()), (0, "RUNNING"));
+    // A zombie alone, while its successor holds the lease, once in each way of writing.
+    for (zombie, work) in zombies.iter().zip([
+        Arc::new(WriteOrder {
+            trace_id: zombies[0].trace_id,
+            fail: false,
+        }) as Arc<dyn tether::ports::AttemptWork>,
+        Arc::new(InsertOrder {
+            trace_id: zombies[1].trace_id,
+            order_id: uuid::Uuid::new_v4().to_string(),
+            status: Some("CREATED"),
+            read_back: false,
+        }),
+    ]) {
+        let outcome = store.commit_attempt(zombie, work).await.unwrap();
+        assert!(matches!(outcome, Fenced), "{outcome:?}");
+        let (orders, state) = orders_and_state(&store, &db, zombie.trace_id).await;
+        assert_eq!((orders, state.as_str()), (0, "RUNNING"));
+    }
 
     // All at once: stale, zombie, successor and live attempts, interleaved.
     let mut attempts: Vec<(&Claim, bool)> = Vec::new();
