@@ -756,38 +756,15 @@ async fn postgres_emitters_of_different_processes_take_disjoint_outbox_rows() {
     assert!(a.unsent_outbox(100).await.unwrap().is_empty());
 }
 
-/// Succeeds with one outbox row.
-struct Announce {
-    trace_id: TraceId,
-}
-
-#[async_trait::async_trait]
-impl tether::ports::AttemptWork for Announce {
-    async fn run(
-        &self,
-        _tx: &mut dyn tether::ports::Tx,
-    ) -> Result<tether::ports::AttemptDone, tether::domain::CommandError> {
-        Ok(tether::ports::AttemptDone {
-            result: json!({}),
-            outbox: vec![tether::domain::OutboxEvent {
-                event_id: uuid::Uuid::new_v4(),
-                trace_id: self.trace_id,
-                event_type: "OrderCreated".into(),
-                payload: json!({}),
-            }],
-            events: Vec::new(),
-        })
-    }
-}
-
 /// Accepts, claims and commits `n` commands on `store`, each with one outbox row.
 async fn announced(store: &Arc<dyn Store>, n: usize) {
     for _ in 0..n {
         store.accept(command("alice", None)).await.unwrap();
     }
     for claim in store.claim(n, 10_000).await.unwrap() {
-        let work = Arc::new(Announce {
+        let work = Arc::new(AnnounceMany {
             trace_id: claim.trace_id,
+            n: 1,
         });
         let outcome = store.commit_attempt(&claim, work).await.unwrap();
         assert!(matches!(outcome, tether::ports::AttemptOutcome::Committed));
