@@ -10,7 +10,7 @@
 //!   every later write of the attempt (G3). One statement claims many commands and writes
 //!   their picked-up events.
 //! * **Attempts** are group-committed too: the attempts of this process that finish together
-//!   share one transaction, one statement checking every lease and one writing every result;
+//!   share one transaction, whose last statement checks every lease and writes every result;
 //!   see [`attempts`]. Their outbox rows go to this process's emitter without a claiming
 //!   statement; see [`relay`].
 //! * **Per-trace order.** Appending events first updates the trace's `commands` row, whose
