@@ -204,6 +204,20 @@ async fn orders_and_state(
     (orders, store.trace(trace).await.unwrap().unwrap().state)
 }
 
+/// What the sweeper writes when it takes over an expired lease: the attempt is retried.
+fn takeover() -> Failure {
+    Failure {
+        next: Next::Retry { at: 0 },
+        lease_expired: true,
+        error: "lost".into(),
+        events: vec![NewTraceEvent::new(
+            Component::ErrorHandler,
+            Status::Error,
+            "lost",
+        )],
+    }
+}
+
 /// Writes an order row for its trace, then fails or not.
 struct WriteOrder {
     trace_id: TraceId,
@@ -285,23 +299,26 @@ async fn a_group_fences_its_stale_leases_and_commits_the_rest(backend: Backend) 
         store.accept(command("alice", None)).await.unwrap();
     }
     let live = store.claim(10, 10_000).await.unwrap();
-    let write = |claim: &Claim| -> Arc<dyn tether::ports::AttemptWork> {
-        if claim
-            .trace_id
-            .to_string()
-            .ends_with(['0', '2', '4', '6', '8', 'a', 'c', 'e'])
-        {
-            Arc::new(WriteOrder {
-                trace_id: claim.trace_id,
-                fail: false,
-            })
+    let statement = |trace_id| -> Arc<dyn tether::ports::AttemptWork> {
+        Arc::new(WriteOrder {
+            trace_id,
+            fail: false,
+        })
+    };
+    let held = |trace_id| -> Arc<dyn tether::ports::AttemptWork> {
+        Arc::new(InsertOrder {
+            trace_id,
+            order_id: uuid::Uuid::new_v4().to_string(),
+            status: Some("CREATED"),
+            read_back: false,
+        })
+    };
+    let write = |claim: &Claim| {
+        let hex = claim.trace_id.to_string();
+        if hex.ends_with(['0', '2', '4', '6', '8', 'a', 'c', 'e']) {
+            statement(claim.trace_id)
         } else {
-            Arc::new(InsertOrder {
-                trace_id: claim.trace_id,
-                order_id: uuid::Uuid::new_v4().to_string(),
-                status: Some("CREATED"),
-                read_back: false,
-            })
+            held(claim.trace_id)
         }
     };
     // Four of them commit now: their leases go stale.
@@ -315,17 +332,7 @@ async fn a_group_fences_its_stale_leases_and_commits_the_rest(backend: Backend) 
     }
     let zombies = store.claim(2, -1).await.unwrap();
     for zombie in &zombies {
-        let takeover = Failure {
-            next: Next::Retry { at: 0 },
-            lease_expired: true,
-            error: "lease expired".into(),
-            events: vec![NewTraceEvent::new(
-                Component::ErrorHandler,
-                Status::Error,
-                "lost",
-            )],
-        };
-        assert!(store.record_failure(zombie, takeover).await.unwrap());
+        assert!(store.record_failure(zombie, takeover()).await.unwrap());
     }
     let successors = store.claim(2, 10_000).await.unwrap();
     assert_eq!(
@@ -336,18 +343,10 @@ async fn a_group_fences_its_stale_leases_and_commits_the_rest(backend: Backend) 
         zombies.iter().map(|c| c.trace_id).collect::<HashSet<_>>()
     );
     // A zombie alone, while its successor holds the lease, once in each way of writing.
-    for (zombie, work) in zombies.iter().zip([
-        Arc::new(WriteOrder {
-            trace_id: zombies[0].trace_id,
-            fail: false,
-        }) as Arc<dyn tether::ports::AttemptWork>,
-        Arc::new(InsertOrder {
-            trace_id: zombies[1].trace_id,
-            order_id: uuid::Uuid::new_v4().to_string(),
-            status: Some("CREATED"),
-            read_back: false,
-        }),
-    ]) {
+    for (zombie, work) in zombies
+        .iter()
+        .zip([statement(zombies[0].trace_id), held(zombies[1].trace_id)])
+    {
         let outcome = store.commit_attempt(zombie, work).await.unwrap();
         assert!(matches!(outcome, Fenced), "{outcome:?}");
         let (orders, state) = orders_and_state(&store, &db, zombie.trace_id).await;
@@ -540,18 +539,8 @@ async fn an_expired_lease_commits_nothing_and_a_renewed_one_is_not_taken_over(ba
     // The sweeper saw it expired, but a heartbeat renews it before the takeover lands.
     assert_eq!(store.expired_leases(10).await.unwrap().len(), 1);
     assert!(store.heartbeat(&claim, 10_000).await.unwrap());
-    let takeover = Failure {
-        next: Next::Retry { at: 0 },
-        lease_expired: true,
-        error: "lost".into(),
-        events: vec![NewTraceEvent::new(
-            Component::ErrorHandler,
-            Status::Error,
-            "lost",
-        )],
-    };
     assert!(
-        !store.record_failure(&claim, takeover).await.unwrap(),
+        !store.record_failure(&claim, takeover()).await.unwrap(),
         "a live lease was taken over"
     );
     let work = Arc::new(WriteOrder {
