@@ -872,6 +872,34 @@ fn trace_at(ms: i64) -> TraceId {
     TraceId::from(uuid::Uuid::new_v7(ts))
 }
 
+/// A UUID v4 (AppSync's util.autoId() makes those) whose text sorts after every v7 ID of this
+/// century, as all but about 1.6 % of them do.
+fn unordered_v4() -> TraceId {
+    loop {
+        let id = uuid::Uuid::new_v4();
+        if id.to_string().as_str() >= "04" {
+            return TraceId::from(id);
+        }
+    }
+}
+
+/// The partitions a read of one trace's events searches (from its plan, not its rows).
+async fn partitions_searched(db: &TestDb, trace: TraceId) -> Vec<String> {
+    let plan = db
+        .rows(
+            "EXPLAIN (COSTS OFF) SELECT * FROM trace_events WHERE trace_id = $1 AND seq > 0",
+            &[&trace.to_string()],
+        )
+        .await;
+    plan.iter()
+        .filter_map(|line| {
+            let line = line[0].as_str()?;
+            let at = line.find(" on trace_events_")?;
+            Some(line[at + 4..].split_whitespace().next()?.to_owned())
+        })
+        .collect()
+}
+
 /// The partition name of the week holding `ms` (weeks counted from the Unix epoch).
 fn week_partition(ms: i64) -> String {
     const WEEK: i64 = 7 * 86_400_000;
@@ -880,9 +908,11 @@ fn week_partition(ms: i64) -> String {
 }
 
 /// PostgreSQL only (SQLite has no partitions): each trace's events go to the partition of the
-/// week it was accepted in (IDs that are not UUID v7 to a partition of their own); the week's and the next week's partitions are made when the store
-/// opens, older weeks' by `tether_trace_partitions`, once however many processes ask at once;
-/// an ID outside every partition goes to the default one and is read like any other.
+/// week it was accepted in (most IDs that are not UUID v7 to a partition of their own), and a
+/// read of a trace searches that partition only; the week's and the next week's partitions are
+/// made when the store opens, older weeks' by `tether_trace_partitions`, once however many
+/// processes ask at once; an ID outside every partition goes to the default one and is read
+/// like any other.
 #[tokio::test]
 async fn postgres_trace_events_go_to_the_partition_of_their_week() {
     const WEEK: i64 = 7 * 86_400_000;
@@ -899,6 +929,7 @@ async fn postgres_trace_events_go_to_the_partition_of_their_week() {
 
     let new = store.accept(command("alice", None)).await.unwrap().trace_id;
     assert_eq!(partitions_of(&db, &[new]).await, [week_partition(now)]);
+    assert_eq!(partitions_searched(&db, new).await, [week_partition(now)]);
 
     // Eight processes making last month's partitions at once: made once, no error.
     let month_ago = now - 30 * 86_400_000;
@@ -916,9 +947,9 @@ async fn postgres_trace_events_go_to_the_partition_of_their_week() {
     );
 
     // A trace of last month, one ten years ahead (no partition: the default one), and one whose
-    // ID is not v7 (AppSync's util.autoId() makes v4 IDs).
+    // ID is not v7.
     let (old, far) = (trace_at(month_ago), trace_at(now + 520 * WEEK));
-    let v4 = TraceId::from(uuid::Uuid::new_v4());
+    let v4 = unordered_v4();
     for trace in [old, far, v4] {
         two_events(&db, trace).await;
     }
@@ -941,30 +972,33 @@ async fn postgres_trace_events_go_to_the_partition_of_their_week() {
     for trace in [old, far, v4] {
         let events = store.trace_events(trace, 0, 10).await.unwrap();
         assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(
+            partitions_searched(&db, trace).await,
+            partitions_of(&db, &[trace]).await
+        );
     }
     let events = store.trace_events(new, 0, 10).await.unwrap();
     assert_eq!(events.len(), 1, "the accepted event of the new trace");
 }
 
-/// PostgreSQL only: a database whose `trace_events` was filled before it was partitioned
-/// (migration 4) keeps every event readable, takes new ones, and gets weekly partitions after
-/// the current week.
+/// PostgreSQL only: events written before `trace_events` was partitioned by week (migration 4)
+/// and before it was partitioned by trace ID (migration 5) stay readable, each in its week's
+/// partition afterwards; new ones go there too, and the next week has its partition.
 #[tokio::test]
-async fn postgres_events_written_before_the_partitioning_stay_readable() {
+async fn postgres_events_written_before_each_partitioning_stay_readable() {
     use sqlx::Connection;
     const WEEK: i64 = 7 * 86_400_000;
     let db = TestDb::new(Backend::Postgres, "legacy").await;
     let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
-    assert_eq!(
-        tether::store::migrate::postgres_up_to(&mut conn, 3)
+    let up_to = async |conn: &mut sqlx::PgConnection, version| {
+        tether::store::migrate::postgres_up_to(conn, version)
             .await
-            .unwrap(),
-        3
-    );
-    conn.close().await.unwrap();
+            .unwrap()
+    };
+    assert_eq!(up_to(&mut conn, 3).await, 3);
     // A trace of now, one whose ID is not v7, and one ten years ahead (a clock that ran ahead).
     let old = TraceId::new();
-    let v4 = TraceId::from(uuid::Uuid::new_v4());
+    let v4 = unordered_v4();
     let ahead = trace_at(now_millis() + 520 * WEEK);
     for trace in [v4, ahead] {
         two_events(&db, trace).await;
@@ -976,37 +1010,56 @@ async fn postgres_events_written_before_the_partitioning_stay_readable() {
     )
     .await;
     two_events(&db, old).await;
-
-    let hub = tether::hub::Hub::new(HashMap::new(), 16, 240_000);
-    let store = db.store(hub, 100).await;
-    let events = store.trace_events(old, 0, 10).await.unwrap();
-    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
-    assert_eq!(store.trace(old).await.unwrap().unwrap().owner, "alice");
-    // This week still belongs to the old table, as do IDs that are not v7; the trace ahead
-    // moved to the default partition; the next week has its own partition.
-    let new = store.accept(command("alice", None)).await.unwrap().trace_id;
+    // Partitioned by week: the events so far stay in the old table (the legacy partition, of
+    // every week up to this one) but the one ahead; next week's events go to its partition.
+    assert_eq!(up_to(&mut conn, 4).await, 1);
+    let weekly = trace_at(now_millis() + WEEK);
+    two_events(&db, weekly).await;
     assert_eq!(
-        partitions_of(&db, &[old, new, v4, ahead]).await,
+        partitions_of(&db, &[old, v4, ahead, weekly]).await,
         [
             "trace_events_legacy",
             "trace_events_legacy",
-            "trace_events_legacy",
-            "trace_events_default"
+            "trace_events_default",
+            &week_partition(now_millis() + WEEK)
         ]
     );
-    for trace in [v4, ahead] {
+    conn.close().await.unwrap();
+
+    // Partitioned by trace ID (the store migrates to the last version).
+    let hub = tether::hub::Hub::new(HashMap::new(), 16, 240_000);
+    let store = db.store(hub, 100).await;
+    let now = now_millis();
+    for trace in [old, v4, ahead, weekly] {
         let events = store.trace_events(trace, 0, 10).await.unwrap();
         assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(
+            partitions_searched(&db, trace).await,
+            partitions_of(&db, &[trace]).await
+        );
     }
-    let next = trace_at(now_millis() + WEEK);
-    db.rows(
-        "INSERT INTO trace_events (trace_id, seq, component, status, state, at)
-         VALUES ($1, 1, 'CommandApi', 'ACCEPTED', 'PENDING', 0)",
-        &[&next.to_string()],
-    )
-    .await;
+    assert_eq!(store.trace(old).await.unwrap().unwrap().owner, "alice");
+    let new = store.accept(command("alice", None)).await.unwrap().trace_id;
+    assert_eq!(
+        partitions_of(&db, &[old, v4, ahead, weekly, new]).await,
+        [
+            week_partition(now),
+            "trace_events_unordered".to_owned(),
+            week_partition(now + 520 * WEEK),
+            week_partition(now + WEEK),
+            week_partition(now),
+        ]
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM pg_class WHERE relname LIKE '%by\\_week'")
+            .await,
+        0,
+        "the old partitions are gone"
+    );
+    let next = trace_at(now + WEEK + 1);
+    two_events(&db, next).await;
     assert_eq!(
         partitions_of(&db, &[next]).await,
-        [week_partition(now_millis() + WEEK)]
+        [week_partition(now + WEEK)]
     );
 }

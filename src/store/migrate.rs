@@ -51,6 +51,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         "trace_partitions",
         include_str!("../../migrations/postgres/0004_trace_partitions.sql"),
     ),
+    (
+        5,
+        "byte_ordered_ids",
+        include_str!("../../migrations/postgres/0005_byte_ordered_ids.sql"),
+    ),
 ];
 
 /// Any number of processes may start at once against one database: an advisory lock makes
@@ -86,7 +91,7 @@ pub async fn postgres_up_to(conn: &mut PgConnection, last: i64) -> Result<usize,
 const TRACE_PARTITIONS: i64 = 4;
 
 /// Makes the `trace_events` partitions of this week and the next where missing (see
-/// `migrations/postgres/0004_trace_partitions.sql`); every process does this after migrating
+/// `migrations/postgres/0005_byte_ordered_ids.sql`); every process does this after migrating
 /// and then hourly, so the next week's partition exists well before its first event.
 pub async fn trace_partitions<'c, E>(conn: E) -> Result<i32, sqlx::Error>
 where

@@ -19,10 +19,11 @@
 //!   restores per-trace order, reading the database to fill any gap (G5).
 //! * **Across processes**, after every commit that appended events the writer announces their
 //!   keys, and after one that made work runnable it wakes the workers; see [`feed`].
-//! * **History.** `trace_events` has one partition per week of trace creation (and one for
-//!   trace IDs that are not UUID v7), so new events are written next to recent ones whatever
-//!   the size of the history; the store makes the coming week's partition ahead
-//!   (`partition_upkeep`, `migrations/postgres/0004_trace_partitions.sql`).
+//! * **History.** `trace_events` is partitioned by ranges of trace ID, one partition per week
+//!   of trace creation (a UUID v7 begins with its time), so new events are written next to
+//!   recent ones whatever the size of the history, and a read by trace ID searches one
+//!   partition; the store makes the coming week's partition ahead (`partition_upkeep`,
+//!   `migrations/postgres/0005_byte_ordered_ids.sql`). IDs compare byte by byte (`"C"`).
 
 mod attempts;
 mod feed;
@@ -460,9 +461,6 @@ row_mappers!(PgRow);
 
 const EVENT_COLUMNS: &str = "trace_id, seq, component, status, attempt, message, detail, state, at";
 
-// Reads of `trace_events` by trace ID also compare `tether_trace_week`, the partition key, so
-// that PostgreSQL searches only that trace's partition (migrations/postgres/0004).
-
 async fn read_events(
     pool: &PgPool,
     trace_id: TraceId,
@@ -471,8 +469,7 @@ async fn read_events(
 ) -> Result<Vec<TraceEvent>, StoreError> {
     let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM trace_events
-         WHERE trace_id = $1 AND tether_trace_week(trace_id) = tether_trace_week($1)
-             AND seq > $2
+         WHERE trace_id = $1 AND seq > $2
          ORDER BY seq LIMIT $3"
     );
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -489,8 +486,7 @@ async fn read_ranges(pool: &PgPool, ranges: &[Range]) -> Result<Vec<TraceEvent>,
     let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM trace_events
          JOIN UNNEST($1::text[], $2::bigint[], $3::bigint[]) AS u(t, lo, hi)
-             ON trace_id = u.t AND tether_trace_week(trace_id) = tether_trace_week(u.t)
-                 AND seq > u.lo AND seq <= u.hi
+             ON trace_id = u.t AND seq > u.lo AND seq <= u.hi
          ORDER BY trace_id, seq"
     );
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
