@@ -638,27 +638,29 @@ impl tether::ports::AttemptWork for AnnounceMany {
 
 /// Each published row gets one EventEmitter event on its trace, numbered after the trace's
 /// last event in the order the rows were published (whatever order they were written in and
-/// however the traces interleave in a batch); a row reported sent again gets none.
+/// however the traces interleave in a batch); a row reported sent again gets none. A trace
+/// with one row gets its report right after its last event too (PostgreSQL numbers that one
+/// when the attempt commits).
 async fn published_rows_are_reported_on_their_trace_in_publishing_order(backend: Backend) {
     let (store, _db) = store(backend).await;
-    for _ in 0..2 {
+    for _ in 0..3 {
         store.accept(command("alice", None)).await.unwrap();
     }
-    let claims = store.claim(2, 10_000).await.unwrap();
-    assert_eq!(claims.len(), 2);
-    for claim in &claims {
+    let claims = store.claim(3, 10_000).await.unwrap();
+    assert_eq!(claims.len(), 3);
+    for (i, claim) in claims.iter().enumerate() {
         let work = Arc::new(AnnounceMany {
             trace_id: claim.trace_id,
-            n: 3,
+            n: if i < 2 { 3 } else { 1 },
         });
         assert!(matches!(
             store.commit_attempt(claim, work).await.unwrap(),
             tether::ports::AttemptOutcome::Committed
         ));
     }
-    let (a, b) = (claims[0].trace_id, claims[1].trace_id);
+    let (a, b, c) = (claims[0].trace_id, claims[1].trace_id, claims[2].trace_id);
     let rows = store.unsent_outbox(100).await.unwrap();
-    assert_eq!(rows.len(), 6);
+    assert_eq!(rows.len(), 7);
     let row = |trace: TraceId, ty: &str| {
         rows.iter()
             .find(|r| r.trace_id == trace && r.event_type == ty)
@@ -669,11 +671,12 @@ async fn published_rows_are_reported_on_their_trace_in_publishing_order(backend:
         let store = store.clone();
         async move { store.trace_events(trace, 0, 100).await.unwrap().len() as i64 }
     };
-    let (a_last, b_last) = (before(a).await, before(b).await);
+    let (a_last, b_last, c_last) = (before(a).await, before(b).await, before(c).await);
     store
         .mark_sent(&[
             row(a, "E2"),
             row(b, "E0"),
+            row(c, "E0"),
             row(a, "E0"),
             row(b, "E1"),
             row(a, "E1"),
@@ -681,18 +684,19 @@ async fn published_rows_are_reported_on_their_trace_in_publishing_order(backend:
         .await
         .unwrap();
     store
-        .mark_sent(&[row(b, "E2"), row(a, "E0")])
+        .mark_sent(&[row(b, "E2"), row(a, "E0"), row(c, "E0")])
         .await
         .unwrap();
     for (trace, last, order) in [
-        (a, a_last, ["E2", "E0", "E1"]),
-        (b, b_last, ["E0", "E1", "E2"]),
+        (a, a_last, &["E2", "E0", "E1"][..]),
+        (b, b_last, &["E0", "E1", "E2"]),
+        (c, c_last, &["E0"]),
     ] {
         let events = store.trace_events(trace, 0, 100).await.unwrap();
         let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
         assert_eq!(
             seqs,
-            (1..=last + 3).collect::<Vec<_>>(),
+            (1..=last + order.len() as i64).collect::<Vec<_>>(),
             "{trace}: one event per row"
         );
         let reported: Vec<(Component, String, &str)> = events[last as usize..]

@@ -56,6 +56,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         "byte_ordered_ids",
         include_str!("../../migrations/postgres/0005_byte_ordered_ids.sql"),
     ),
+    (
+        6,
+        "outbox_report_seq",
+        include_str!("../../migrations/postgres/0006_outbox_report_seq.sql"),
+    ),
 ];
 
 /// Any number of processes may start at once against one database: an advisory lock makes

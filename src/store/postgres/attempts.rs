@@ -10,7 +10,8 @@
 //!      `RUNNING` under the attempt's lease token, and locks it until the commit), writes the
 //!      dedup marks, and writes every result, trace event and outbox row (the outbox rows
 //!      already taken by this process, and handed to its emitter after the commit; see
-//!      [`relay`](super::relay)); then the commit.
+//!      [`relay`](super::relay); a lone row of a trace's first series with the number of its
+//!      "published" report, see [`succeed`]); then the commit.
 //! * Leases are almost always still held, so that first pass checks them last. When one is
 //!   not (its lease was taken over, or its series was already processed), the group is rolled
 //!   back and runs again checked first: one statement locks every lease (`FOR UPDATE`, so no
@@ -271,13 +272,10 @@ async fn group_in_tx(c: &Committer, jobs: &[AttemptJob], pass: Pass) -> Result<G
         tx.rollback().await?;
         return Ok(Group::Refused);
     }
-    let outbox: Vec<OutboxEvent> = done
-        .iter_mut()
-        .flat_map(|(_, d)| std::mem::take(&mut d.outbox))
-        .collect();
     let claimed_until = now + super::OUTBOX_CLAIM_MS;
     let mark = pass == Pass::Optimistic;
-    let Some(events) = succeed(&mut tx, now, done, mark, &outbox, (&c.node, claimed_until)).await?
+    let Some((events, outbox)) =
+        succeed(&mut tx, now, done, mark, (&c.node, claimed_until)).await?
     else {
         tx.rollback().await?;
         return Ok(Group::Lost);
@@ -341,24 +339,37 @@ async fn check_leases(
 
 /// Writes the successful attempts in one statement: each command's result and state (only
 /// where its lease is still held), its trace events (numbered after its last one), its dedup
-/// mark when `mark` (the optimistic pass) and its outbox rows (`outbox`, taken by `taker` =
-/// (node, until)). `None` when `mark` and a lease or a mark failed: the caller rolls back.
+/// mark when `mark` (the optimistic pass) and its outbox rows (taken by `taker` = (node,
+/// until)); returns the events and the outbox rows. An attempt of a trace's first series with
+/// one outbox row also takes the number of that row's "published" report, the one after its
+/// events (`report_seq`, migrations/postgres/0006). `None` when `mark` and a lease or a mark
+/// failed: the caller rolls back.
 async fn succeed(
     conn: &mut PgConnection,
     now: i64,
     mut done: Vec<(&Lease, AttemptDone)>,
     mark: bool,
-    outbox: &[OutboxEvent],
     taker: (&str, i64),
-) -> Result<Option<Vec<TraceEvent>>, StoreError> {
+) -> Result<Option<(Vec<TraceEvent>, Vec<OutboxEvent>)>, StoreError> {
     if done.is_empty() {
-        return Ok(Some(Vec::new()));
+        return Ok(Some((Vec::new(), Vec::new())));
     }
     // One order for the rows a group locks, whatever order its attempts finished in.
     done.sort_unstable_by_key(|(lease, _)| lease.trace_id);
     if mark && done.windows(2).any(|w| w[0].0.trace_id == w[1].0.trace_id) {
         // A zombie and its successor in one group: only a check first tells them apart.
         return Ok(None);
+    }
+    // Per attempt, whether its report's number is taken now; per outbox row, the same.
+    let reserves: Vec<bool> = done
+        .iter()
+        .map(|(lease, d)| lease.series == 1 && d.outbox.len() == 1)
+        .collect();
+    let mut outbox = Vec::new();
+    let mut reserved = Vec::new();
+    for ((_, d), &r) in done.iter_mut().zip(&reserves) {
+        reserved.extend(std::iter::repeat_n(r, d.outbox.len()));
+        outbox.append(&mut d.outbox);
     }
     let column = |f: &dyn Fn(&NewTraceEvent) -> Option<String>| {
         done.iter()
@@ -373,7 +384,7 @@ async fn succeed(
              FROM UNNEST($2::text[], $3::text[], $4::bigint[], $18::bigint[]) AS u(t, r, n, f)
              WHERE c.trace_id = u.t AND c.fence = u.f AND c.state = 'RUNNING'
                  AND c.lease_expires_at >= $1
-             RETURNING c.trace_id, c.last_seq - u.n AS base),
+             RETURNING c.trace_id, c.last_seq - u.n AS base, c.last_seq AS last),
          marked AS (
              INSERT INTO processed (trace_id, series, processed_at)
              SELECT t, s, $1 FROM UNNEST($2::text[], $19::int[]) AS m(t, s) WHERE $20
@@ -387,10 +398,12 @@ async fn succeed(
                      $10::text[], $11::text[]) AS e(t, i, c, st, a, m, d)
              JOIN ok ON ok.trace_id = e.t),
          out AS (
-             INSERT INTO outbox
-                 (event_id, trace_id, event_type, payload, created_at, claimed_by, claimed_until)
-             SELECT i, t, y, p, $1, $16, $17
-             FROM UNNEST($12::text[], $13::text[], $14::text[], $15::text[]) AS o(i, t, y, p))
+             INSERT INTO outbox (event_id, trace_id, event_type, payload, created_at,
+                     claimed_by, claimed_until, report_seq)
+             SELECT o.i, o.t, o.y, o.p, $1, $16, $17, ok.last
+             FROM UNNEST($12::text[], $13::text[], $14::text[], $15::text[], $21::bool[])
+                     AS o(i, t, y, p, r)
+                 LEFT JOIN ok ON o.r AND ok.trace_id = o.t)
          SELECT trace_id, base FROM ok
          UNION ALL SELECT trace_id, NULL FROM marked",
     )
@@ -407,7 +420,8 @@ async fn succeed(
     )
     .bind(
         done.iter()
-            .map(|(_, d)| d.events.len() as i64)
+            .zip(&reserves)
+            .map(|((_, d), &r)| d.events.len() as i64 + i64::from(r))
             .collect::<Vec<_>>(),
     )
     .bind(
@@ -458,6 +472,7 @@ async fn succeed(
     .bind(done.iter().map(|(c, _)| c.lease_token).collect::<Vec<_>>())
     .bind(done.iter().map(|(c, _)| c.series).collect::<Vec<_>>())
     .bind(mark)
+    .bind(&reserved)
     .fetch_all(&mut *conn)
     .await?;
     let (ok, marked): (Vec<_>, Vec<_>) = rows.into_iter().partition(|(_, base)| base.is_some());
@@ -486,7 +501,7 @@ async fn succeed(
             )
         }));
     }
-    Ok(Some(events))
+    Ok(Some((events, outbox)))
 }
 
 /// What a command sees of the attempt's transaction.

@@ -14,7 +14,10 @@
 //!   see [`attempts`]. Their outbox rows go to this process's emitter without a claiming
 //!   statement; see [`relay`].
 //! * **Per-trace order.** Appending events first updates the trace's `commands` row, whose
-//!   lock orders writers of the same trace, so sequence numbers are gap-free. Commits of
+//!   lock orders writers of the same trace, so sequence numbers are gap-free. One number is
+//!   taken ahead: an attempt that succeeds in the trace's first series with one outbox row
+//!   takes the number of that row's "published" report, the trace's last event, so marking
+//!   the row sent does not update the `commands` row again (migration 6). Commits of
 //!   different tasks can still reach the sink out of order; the [`feed`] in front of the hub
 //!   restores per-trace order, reading the database to fill any gap (G5).
 //! * **Across processes**, after every commit that appended events the writer announces their
@@ -1114,7 +1117,9 @@ impl Store for PgStore {
     }
 
     /// One statement: marks the rows sent and reports each one that was not sent before on
-    /// its trace, numbered after the trace's last event in the order the rows were published.
+    /// its trace: under the number the row took when it was written (`report_seq`, see
+    /// `attempts::succeed`), else numbered after the trace's last event in the order the rows
+    /// were published.
     ///
     /// No step joins two intermediate results: the planner guesses one row for each, and a
     /// nested loop over both costs the square of the batch. The update of `outbox` returns the
@@ -1133,12 +1138,12 @@ impl Store for PgStore {
                  FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                          $7::text[]) WITH ORDINALITY AS r(id, t, c, st, m, d, k)
                  WHERE o.event_id = r.id AND o.sent_at IS NULL
-                 RETURNING r.id, r.t, r.c, r.st, r.m, r.d, r.k),
+                 RETURNING r.id, r.t, r.c, r.st, r.m, r.d, r.k, o.report_seq),
              per_trace AS (
                  SELECT t, count(*) AS n, array_agg(id) AS ids, array_agg(k) AS ks,
                      array_agg(c) AS cs, array_agg(st) AS sts, array_agg(m) AS ms,
                      array_agg(d) AS ds
-                 FROM sent GROUP BY t ORDER BY t),
+                 FROM sent WHERE report_seq IS NULL GROUP BY t ORDER BY t),
              bump AS (
                  UPDATE commands c SET last_seq = c.last_seq + p.n, updated_at = $1
                  FROM per_trace p WHERE c.trace_id = p.t
@@ -1147,7 +1152,10 @@ impl Store for PgStore {
              numbered AS (
                  SELECT b.trace_id, e.id, b.state, e.c, e.st, e.m, e.d,
                      b.base + row_number() OVER (PARTITION BY b.trace_id ORDER BY e.k) AS seq
-                 FROM bump b, UNNEST(b.ids, b.ks, b.cs, b.sts, b.ms, b.ds) AS e(id, k, c, st, m, d)),
+                 FROM bump b, UNNEST(b.ids, b.ks, b.cs, b.sts, b.ms, b.ds) AS e(id, k, c, st, m, d)
+                 UNION ALL
+                 SELECT t, id, 'SUCCEEDED', c, st, m, d, report_seq
+                 FROM sent WHERE report_seq IS NOT NULL),
              ins AS (
                  INSERT INTO trace_events
                      (trace_id, seq, component, status, message, detail, state, at)

@@ -1,0 +1,13 @@
+-- The sequence number of an outbox row's "published" report, taken when the row was written,
+-- or NULL: then the report is numbered when the row is marked sent.
+--
+-- Why: numbering the report at marking time updates the trace's commands row once more (its
+-- last_seq), a whole new version of a wide row for one number. The attempt's final statement
+-- updates that row anyway, so it takes the number then, where nothing can come between: a
+-- trace that succeeded in its first series with one outbox row has no event after its
+-- report. Other rows (several per attempt, replayed traces, dead letters) are numbered when
+-- marked, in the order they were published.
+ALTER TABLE outbox ADD COLUMN report_seq BIGINT;
+-- (During a rolling upgrade, a process of the previous version that marks such a row sent
+-- numbers its report after the reserved number, which then stays unused: a gap of one in that
+-- trace's history, nothing lost.)
