@@ -7,14 +7,19 @@
 //! not (the `LISTEN` connection is down).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Pipeline;
 use crate::domain::now_millis;
+use crate::ports::StoreError;
+
+/// Claim statements of one worker at once while a backlog waits.
+const CLAIMS_IN_FLIGHT: usize = 2;
 
 impl Pipeline {
     pub async fn listen(self, cancel: CancellationToken, attempts: TaskTracker) {
@@ -25,42 +30,53 @@ impl Pipeline {
         // quarter of the slots are free: one claim, and one group commit, for many attempts,
         // while the attempts of the claims before still fill the rest. (At a half, a worker on
         // PostgreSQL spent two thirds of a drain in its claim statement, the claims one after
-        // another, and the machine idled more.)
-        let mut backlog = false;
+        // another, and the machine idled more.) Meanwhile a claim runs in the background, so
+        // the next one may start before it ends: a claim statement takes about as long as the
+        // attempts it feeds, and one at a time they kept slots empty.
+        let backlog = Arc::new(AtomicBool::new(false));
+        let claiming = Arc::new(Semaphore::new(CLAIMS_IN_FLIGHT));
         loop {
             if cancel.is_cancelled() {
                 break;
             }
             let poll = self.idle_wait();
             let free = slots.available_permits();
-            if free == 0 || (backlog && free < workers.div_ceil(4)) {
-                // Slots are busy: wait for an attempt to finish.
+            let waiting = backlog.load(Ordering::Acquire);
+            if free == 0
+                || (waiting && free < workers.div_ceil(4))
+                || claiming.available_permits() == 0
+            {
+                // Slots are busy (or claims are): wait for an attempt or a claim to finish.
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     _ = self.wake.notified() => {}
                 }
                 continue;
             }
-            let claimed = match self.store.claim(free, self.config.lease_ms).await {
-                Ok(claims) => {
-                    let claimed = claims.len();
-                    for claim in claims {
-                        let Ok(permit) = slots.clone().acquire_owned().await else {
-                            break;
-                        };
-                        let pipeline = self.clone();
-                        let cancel = cancel.clone();
-                        attempts.spawn(async move {
-                            pipeline.run_attempt(claim, cancel).await;
-                            drop(permit);
-                            pipeline.wake.notify_one();
-                        });
-                    }
-                    claimed
-                }
-                Err(e) => {
+            // The slots are taken before the claim, so a claim beside it counts them busy.
+            let (Ok(taken), Ok(turn)) = (
+                slots.clone().try_acquire_many_owned(free as u32),
+                claiming.clone().try_acquire_owned(),
+            ) else {
+                continue;
+            };
+            if waiting {
+                let pipeline = self.clone();
+                let (tracker, cancel, backlog) =
+                    (attempts.clone(), cancel.clone(), backlog.clone());
+                // Tracked like the attempts, so a shutdown waits for it and for what it starts.
+                attempts.spawn(async move {
+                    let claimed = pipeline.claim_into(free, taken, &tracker, &cancel).await;
+                    backlog.store(matches!(claimed, Ok(n) if n == free), Ordering::Release);
+                    drop(turn);
+                    pipeline.wake.notify_one();
+                });
+                continue;
+            }
+            let claimed = match self.claim_into(free, taken, &attempts, &cancel).await {
+                Ok(claimed) => claimed,
+                Err(()) => {
                     // The database is unreachable: try again at the short interval.
-                    tracing::error!(error = %e, "claim failed");
                     tokio::select! {
                         _ = cancel.cancelled() => break,
                         _ = tokio::time::sleep(self.short_wait()) => {}
@@ -68,8 +84,10 @@ impl Pipeline {
                     continue;
                 }
             };
-            backlog = claimed > 0 && claimed == free;
-            if backlog {
+            drop(turn);
+            let more = claimed > 0 && claimed == free;
+            backlog.store(more, Ordering::Release);
+            if more {
                 continue; // there may be more
             }
             let wait = match self.store.next_due().await {
@@ -85,5 +103,35 @@ impl Pipeline {
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+    }
+
+    /// Claims up to `limit` commands and starts an attempt for each, on one of the `taken`
+    /// slots (the rest are given back); returns how many it claimed.
+    async fn claim_into(
+        &self,
+        limit: usize,
+        mut taken: OwnedSemaphorePermit,
+        attempts: &TaskTracker,
+        cancel: &CancellationToken,
+    ) -> Result<usize, ()> {
+        let claims = self
+            .store
+            .claim(limit, self.config.lease_ms)
+            .await
+            .map_err(|e: StoreError| tracing::error!(error = %e, "claim failed"))?;
+        let claimed = claims.len();
+        for claim in claims {
+            let Some(permit) = taken.split(1) else {
+                break;
+            };
+            let pipeline = self.clone();
+            let cancel = cancel.clone();
+            attempts.spawn(async move {
+                pipeline.run_attempt(claim, cancel).await;
+                drop(permit);
+                pipeline.wake.notify_one();
+            });
+        }
+        Ok(claimed)
     }
 }
