@@ -3,11 +3,14 @@
 --
 -- Why: numbering the report at marking time updates the trace's commands row once more (its
 -- last_seq), a whole new version of a wide row for one number. The attempt's final statement
--- updates that row anyway, so it takes the number then, where nothing can come between: a
--- trace that succeeded in its first series with one outbox row has no event after its
--- report. Other rows (several per attempt, replayed traces, dead letters) are numbered when
+-- updates that row anyway, so it takes the number then: to a trace that succeeded in its first
+-- series with one outbox row, nothing but that report is written afterwards (one exception
+-- below). Other rows (several per attempt, replayed traces, dead letters) are numbered when
 -- marked, in the order they were published.
 ALTER TABLE outbox ADD COLUMN report_seq BIGINT;
+-- One case is not covered: an SQS message refused as unreadable that names such a trace (its
+-- dead-letter row's report is numbered when marked, after the reserved number, and a live
+-- subscriber could get it first, then not the earlier report; the history has both).
 -- (During a rolling upgrade, a process of the previous version that marks such a row sent
 -- numbers its report after the reserved number, which then stays unused: a gap of one in that
 -- trace's history, nothing lost.)
