@@ -22,6 +22,8 @@
 //! Limits: subscriptions per connection, the time to `connection_init`, the connection's
 //! lifetime, the size of an incoming frame. Oversized payloads are not delivered (the hub's
 //! 240 KB cap, as on AppSync).
+//!
+//! [`LiveSchema::prepare`]: crate::schema::live::LiveSchema::prepare
 
 use std::collections::HashMap;
 use std::time::Duration;
