@@ -6,9 +6,10 @@
 //!   announces [`WORK_CHANNEL`], and workers wake up and claim.
 //! * Announcements are sent by one task per process ([`announce`]), after the commit and
 //!   outside the writing transaction: everything committed meanwhile goes out in one
-//!   statement on a connection with `synchronous_commit = off`. A `NOTIFY` inside the writing
-//!   transaction would hold a cluster-wide lock from before its commit until its WAL flush,
-//!   so no two such commits could share an fsync.
+//!   statement on a connection with `synchronous_commit = off`, and at most one such
+//!   statement every [`ANNOUNCE_GAP`]. A `NOTIFY` inside the writing transaction would hold a
+//!   cluster-wide lock from before its commit until its WAL flush, so no two such commits
+//!   could share an fsync.
 //! * A notice lost that way (the writer died between its commit and the announcement, or the
 //!   announcing connection failed) delays events, never loses them: the sequencer checks every
 //!   [`CHECK_EVERY`] whether a watched trace has events it has not delivered, and workers poll.
@@ -186,6 +187,15 @@ impl Feed {
 /// Most announcements sent in one statement.
 const ANNOUNCE_BATCH: usize = 1024;
 
+/// After sending, the announcer waits this long before it sends again; what commits meanwhile
+/// goes out together. An idle process announces at once; a busy one delays its notices by up
+/// to this much and sends far fewer of them: every statement wakes every listening backend of
+/// the cluster and every listening process, its own included. With one statement per accept
+/// batch (~2000/s), listening backends spent ~2.5 µs of CPU per accept; with this gap ~1.4
+/// (medians of 5 alternating runs of `TETHER_BENCH_PG_PHASES=1 scripts/bench --pg`,
+/// 2026-12-06), and ~0.5–1.3 with the accept committer on its own thread as well.
+const ANNOUNCE_GAP: Duration = Duration::from_millis(2);
+
 /// Sends what commits announce, everything waiting in one statement, on a connection of its
 /// own whose transactions do not wait for their WAL flush (a notice is a hint: losing one to a
 /// crash only delays its reader until its next check).
@@ -229,7 +239,13 @@ async fn announce(
                 .execute(&pool)
                 .await;
         match sent {
-            Ok(_) => backoff = BACKOFF_MIN,
+            Ok(_) => {
+                backoff = BACKOFF_MIN;
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(ANNOUNCE_GAP) => {}
+                }
+            }
             Err(e) => {
                 // Readers catch up at their next check; workers poll meanwhile.
                 tracing::warn!(error = %e, notices = n, "sending notices failed");

@@ -1,10 +1,10 @@
 //! The PostgreSQL store: the same behaviour as the embedded one, for many processes on one
 //! database.
 //!
-//! * **Accepts** are group-committed like on SQLite: a task drains whatever has arrived and
-//!   writes it in one statement (the commands, their `ACCEPTED` events, their dispatch rows,
-//!   each table one multi-row `UNNEST` insert), one batch at a time: what arrives while a
-//!   batch commits forms the next one.
+//! * **Accepts** are group-committed like on SQLite: a committer on a thread of its own
+//!   drains whatever has arrived and writes it in one statement (the commands, their
+//!   `ACCEPTED` events, their dispatch rows, each table one multi-row `UNNEST` insert), one
+//!   batch at a time: what arrives while a batch commits forms the next one.
 //! * **Claims** use `FOR UPDATE SKIP LOCKED`, so any number of workers take disjoint commands
 //!   without waiting for each other; the lease token (`fence`) and the lease's expiry fence
 //!   every later write of the attempt (G3). One statement claims many commands and writes
@@ -119,6 +119,7 @@ impl PgStore {
             .await?;
         let node: Arc<str> = uuid::Uuid::new_v4().simple().to_string()[..12].into();
         let stop = CancellationToken::new();
+        let accept_options = options.clone();
         let sink = Arc::new(Feed::start(
             sink,
             pool.clone(),
@@ -128,7 +129,7 @@ impl PgStore {
             stop.clone(),
         ));
         let (accepts, rx) = mpsc::channel(accept_queue.max(1));
-        tokio::spawn(accept_loop(pool.clone(), sink.clone(), dispatch, rx));
+        start_accepts(accept_options, sink.clone(), dispatch, rx)?;
         let (attempts, rx) = mpsc::channel(ATTEMPT_QUEUE);
         let relay = Arc::new(relay::Relay::default());
         let committer = attempts::Committer {
@@ -172,22 +173,58 @@ async fn partition_upkeep(pool: PgPool, stop: CancellationToken) {
     }
 }
 
+/// Starts the accept committer on a thread of its own, with its own runtime and its own
+/// connection, and returns. It runs until every sender of `rx` is gone (the store dropped).
+///
+/// Why a thread: a group commit's cycle (statement, WAL flush, replies, next statement) sets
+/// how long every accept waits, and on the request-serving runtime the committer's reply from
+/// PostgreSQL waited its turn behind request tasks: a batch took ~0.85 ms from statement to
+/// next statement there, ~0.6 ms on its own thread (`TETHER_BENCH_PG_PHASES=1 scripts/bench
+/// --pg`, 2026-12-06; BENCHMARKS.md has the accept rates).
+fn start_accepts(
+    options: PgConnectOptions,
+    sink: Arc<Feed>,
+    dispatch: bool,
+    rx: mpsc::Receiver<AcceptJob>,
+) -> Result<(), StoreError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StoreError::Failed(format!("could not start the accept committer: {e}")))?;
+    std::thread::Builder::new()
+        .name("tether-accepts".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                // Made here, so its connection is driven by this thread's runtime.
+                let pool = PgPoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_lazy_with(options);
+                accept_loop(&pool, &sink, dispatch, rx).await;
+                pool.close().await;
+            })
+        })
+        .map_err(|e| StoreError::Failed(format!("could not start the accept committer: {e}")))?;
+    Ok(())
+}
+
 /// Group commit of accepts, one batch at a time: while a batch's statement and WAL flush are
 /// under way, new accepts queue up, and the next batch takes all of them. One batch at a time
 /// does better than two here (`TETHER_BENCH_PG_PHASES=1 scripts/bench --pg`: accepts ÷
 /// pgbench 1.03–1.06 with one against 0.87–0.98 with two in alternating runs, 0.73 in one run
-/// with three): batches committing at once wait for each other's WAL writes anyway, and are
-/// each smaller.
+/// with three; and 0.83–0.96 with the next batch's statement made while the last one's commit
+/// flushes, 2026-12-06): batches committing at once wait for each other's WAL writes anyway,
+/// and are each smaller.
 async fn accept_loop(
-    pool: PgPool,
-    sink: Arc<Feed>,
+    pool: &PgPool,
+    sink: &Feed,
     dispatch: bool,
     mut rx: mpsc::Receiver<AcceptJob>,
 ) {
     let mut batch = Vec::with_capacity(MAX_ACCEPT_BATCH);
     while rx.recv_many(&mut batch, MAX_ACCEPT_BATCH).await > 0 {
         let commands: Vec<&NewCommand> = batch.iter().map(|j| &j.command).collect();
-        match accept_batch(&pool, dispatch, &commands).await {
+        match accept_batch(pool, dispatch, &commands).await {
             Ok((results, events)) => {
                 sink.committed_work(&events, !events.is_empty());
                 for (job, result) in batch.drain(..).zip(results) {
