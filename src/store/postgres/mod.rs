@@ -34,7 +34,7 @@ mod relay;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -176,11 +176,13 @@ async fn partition_upkeep(pool: PgPool, stop: CancellationToken) {
 /// Starts the accept committer on a thread of its own, with its own runtime and its own
 /// connection, and returns. It runs until every sender of `rx` is gone (the store dropped).
 ///
-/// Why a thread: a group commit's cycle (statement, WAL flush, replies, next statement) sets
-/// how long every accept waits, and on the request-serving runtime the committer's reply from
-/// PostgreSQL waited its turn behind request tasks: a batch took ~0.85 ms from statement to
-/// next statement there, ~0.6 ms on its own thread (`TETHER_BENCH_PG_PHASES=1 scripts/bench
-/// --pg`, 2026-12-06; BENCHMARKS.md has the accept rates).
+/// A group commit's cycle (statement, WAL flush, replies, next statement) sets how long every
+/// accept waits, so the cycle holds nothing else. On the request-serving runtime the
+/// committer's reply from PostgreSQL waited its turn behind request tasks: a batch took
+/// ~0.85 ms from statement to next statement there, ~0.6 ms on its own thread
+/// (`TETHER_BENCH_PG_PHASES=1 scripts/bench --pg`, 2026-12-06). And it holds its connection
+/// instead of taking it from a pool: sqlx's pool pings a connection when it is taken and again
+/// when it is given back, two more round trips to PostgreSQL per batch.
 fn start_accepts(
     options: PgConnectOptions,
     sink: Arc<Feed>,
@@ -195,17 +197,59 @@ fn start_accepts(
         .name("tether-accepts".into())
         .spawn(move || {
             runtime.block_on(async move {
-                // Made here, so its connection is driven by this thread's runtime.
-                let pool = PgPoolOptions::new()
-                    .max_connections(1)
-                    .acquire_timeout(Duration::from_secs(10))
-                    .connect_lazy_with(options);
-                accept_loop(&pool, &sink, dispatch, rx).await;
-                pool.close().await;
+                let mut conn = AcceptConnection {
+                    options,
+                    conn: None,
+                    last_used: Instant::now(),
+                };
+                accept_loop(&mut conn, &sink, dispatch, rx).await;
+                if let Some(c) = conn.conn.take() {
+                    let _ = c.close().await;
+                }
             })
         })
         .map_err(|e| StoreError::Failed(format!("could not start the accept committer: {e}")))?;
     Ok(())
+}
+
+/// A connection made when first needed and again after a failure; one idle for longer than
+/// [`IDLE_CHECK`] is pinged before use, so a server restart meanwhile costs a reconnection,
+/// not a failed batch.
+struct AcceptConnection {
+    options: PgConnectOptions,
+    conn: Option<PgConnection>,
+    last_used: Instant,
+}
+
+/// How long the accept connection may sit unused before it is checked.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// How long making the accept connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl AcceptConnection {
+    async fn get(&mut self) -> Result<&mut PgConnection, StoreError> {
+        let idle = self.last_used.elapsed() > IDLE_CHECK;
+        self.last_used = Instant::now();
+        if idle
+            && let Some(conn) = &mut self.conn
+            && conn.ping().await.is_err()
+        {
+            self.conn = None;
+        }
+        if self.conn.is_none() {
+            let made =
+                tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&self.options))
+                    .await
+                    .map_err(|_| {
+                        StoreError::Failed("connecting to PostgreSQL timed out".into())
+                    })??;
+            self.conn = Some(made);
+        }
+        self.conn
+            .as_mut()
+            .ok_or_else(|| StoreError::Failed("no connection to PostgreSQL".into()))
+    }
 }
 
 /// Group commit of accepts, one batch at a time: while a batch's statement and WAL flush are
@@ -216,7 +260,7 @@ fn start_accepts(
 /// flushes, 2026-12-06): batches committing at once wait for each other's WAL writes anyway,
 /// and are each smaller.
 async fn accept_loop(
-    pool: &PgPool,
+    conn: &mut AcceptConnection,
     sink: &Feed,
     dispatch: bool,
     mut rx: mpsc::Receiver<AcceptJob>,
@@ -224,7 +268,15 @@ async fn accept_loop(
     let mut batch = Vec::with_capacity(MAX_ACCEPT_BATCH);
     while rx.recv_many(&mut batch, MAX_ACCEPT_BATCH).await > 0 {
         let commands: Vec<&NewCommand> = batch.iter().map(|j| &j.command).collect();
-        match accept_batch(pool, dispatch, &commands).await {
+        let written = match conn.get().await {
+            Ok(c) => accept_batch(c, dispatch, &commands).await,
+            Err(e) => Err(e),
+        };
+        if written.is_err() {
+            // Whatever went wrong, the next batch starts on a new connection.
+            conn.conn = None;
+        }
+        match written {
             Ok((results, events)) => {
                 sink.committed_work(&events, !events.is_empty());
                 for (job, result) in batch.drain(..).zip(results) {
@@ -249,7 +301,7 @@ type AcceptResults = (Vec<Result<Accepted, StoreError>>, Vec<TraceEvent>);
 /// `ACCEPTED` events and (SQS mode) their dispatch rows. A command whose idempotency key is
 /// already used inserts nothing; a second read finds the trace the key names.
 async fn accept_batch(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     dispatch: bool,
     commands: &[&NewCommand],
 ) -> Result<AcceptResults, StoreError> {
@@ -296,7 +348,7 @@ async fn accept_batch(
     )
     .bind(now)
     .bind(dispatch)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?;
     let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
 
@@ -316,7 +368,7 @@ async fn accept_batch(
         )
         .bind(&owners)
         .bind(&keys)
-        .fetch_all(pool)
+        .fetch_all(&mut *conn)
         .await?;
         for row in rows {
             existing.insert(
