@@ -672,6 +672,56 @@ async fn a_postgres_crash_restart_loses_no_event_for_live_subscribers() {
     drop(cluster);
 }
 
+/// The accept committer keeps one connection open. After a crash-restart of PostgreSQL under an
+/// idle API, that connection is dead; it is checked before the next batch and replaced, so the
+/// first command after the restart is accepted at once (no retry here), not refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_api_accepts_at_once_after_a_postgres_crash_restart() {
+    let pg = PrivatePg::start().await;
+    let logs = scratch_dir("cluster-logs");
+    let api = Tether::start(
+        &["serve", "--role", "api", "--addr", "127.0.0.1:0"],
+        &pg.url,
+        &logs,
+    )
+    .await;
+    let addr = api.addr.expect("an API address");
+    let http = common::http();
+    let order = |k: &str| {
+        json!({
+            "i": { "customerId": "c-idle", "items": [{ "sku": "tea", "quantity": 1, "unitPriceCents": 100 }] },
+            "k": k,
+        })
+    };
+    assert!(
+        gql(&http, addr, CREATE_ORDER, order("before"))
+            .await
+            .is_some(),
+        "accepted before the restart"
+    );
+    let idle_since = Instant::now();
+    pg.ctl("restart").await;
+    // The precondition, not a wait for something to happen: the API has been idle for longer
+    // than its connection may go unchecked (`IDLE_CHECK` in src/store/postgres/mod.rs).
+    let idle_check = Duration::from_millis(200);
+    if let Some(rest) = idle_check.checked_sub(idle_since.elapsed()) {
+        tokio::time::sleep(rest + Duration::from_millis(50)).await;
+    }
+    let after = gql(&http, addr, CREATE_ORDER, order("after")).await;
+    let trace = after
+        .as_ref()
+        .and_then(|b| b["data"]["createOrder"]["traceId"].as_str())
+        .expect("the first command after the restart is accepted");
+    let mut conn = sqlx::PgConnection::connect(&pg.url).await.unwrap();
+    let (state,): (String,) = sqlx::query_as("SELECT state FROM commands WHERE trace_id = $1")
+        .bind(trace)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(state, "PENDING", "stored, waiting for a worker");
+    drop(api);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_each_role_gracefully_and_a_released_attempt_does_not_count() {
     let db = common::TestDb::new(common::Backend::Postgres, "cluster").await;
