@@ -117,7 +117,9 @@ pub struct Config {
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://tether.db")]
     pub database_url: String,
 
-    /// Connections per process to PostgreSQL (unused for SQLite).
+    /// Connections per process to PostgreSQL (unused for SQLite). Besides these, every process
+    /// holds one that sends its notices, and one that accepts commands another for its accept
+    /// committer.
     #[arg(long, env = "TETHER_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: u32,
 

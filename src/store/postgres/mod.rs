@@ -1,10 +1,10 @@
 //! The PostgreSQL store: the same behaviour as the embedded one, for many processes on one
 //! database.
 //!
-//! * **Accepts** are group-committed like on SQLite: a committer on a thread of its own
-//!   drains whatever has arrived and writes it in one statement (the commands, their
-//!   `ACCEPTED` events, their dispatch rows, each table one multi-row `UNNEST` insert), one
-//!   batch at a time: what arrives while a batch commits forms the next one.
+//! * **Accepts** are group-committed like on SQLite: a committer on a thread of its own, with
+//!   a connection of its own, drains whatever has arrived and writes it in one statement (the
+//!   commands, their `ACCEPTED` events, their dispatch rows, each table one multi-row `UNNEST`
+//!   insert), one batch at a time: what arrives while a batch commits forms the next one.
 //! * **Claims** use `FOR UPDATE SKIP LOCKED`, so any number of workers take disjoint commands
 //!   without waiting for each other; the lease token (`fence`) and the lease's expiry fence
 //!   every later write of the attempt (G3). One statement claims many commands and writes
